@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * parse.h: bounds-checked packet parser shared by the XDP and TC programs.
+ *
+ * Ethernet, up to two VLAN tags (802.1Q / 802.1ad QinQ), IPv4 with options
+ * and fragments, IPv6 with a bounded walk of extension headers, then the
+ * TCP/UDP ports. Every read is checked against data_end before it happens,
+ * so a truncated or hostile frame is reported, never misread:
+ *   PARSE_BAD     L2/L3 header truncated or malformed: addresses unknown
+ *   PARSE_NON_IP  neither IPv4 nor IPv6
+ *   PARSE_OK      addresses valid; PKT_F_L4 says whether ports are too
+ */
+#ifndef SLUICE_PARSE_H
+#define SLUICE_PARSE_H
+
+#include <linux/types.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include "sluice_abi.h"
+
+#define PARSE_OK 0
+#define PARSE_NON_IP 1
+#define PARSE_BAD 2
+
+#define PKT_F_L4 0x1        /* sport/dport (or ICMP) header fully present */
+#define PKT_F_FRAG 0x2      /* non-first fragment: no L4 header here */
+#define PKT_F_L4_BAD 0x4    /* L4 header truncated or ext-header bound hit */
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+struct pkt {
+	__u8 family; /* 4 or 6 */
+	__u8 l4proto;
+	__u8 flags;
+	__u8 _pad;
+	__be16 sport;
+	__be16 dport;
+	__u8 saddr[16]; /* IPv4 uses the first 4 bytes */
+	__u8 daddr[16];
+};
+
+/* Ports of TCP/UDP; other protocols only need to be present. */
+static __always_inline void parse_l4(void *l4, void *end, struct pkt *p)
+{
+	if (p->l4proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > end)
+			goto bad;
+		p->sport = th->source;
+		p->dport = th->dest;
+	} else if (p->l4proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > end)
+			goto bad;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+	}
+	p->flags |= PKT_F_L4;
+	return;
+bad:
+	p->flags |= PKT_F_L4_BAD;
+}
+
+static __always_inline int parse_ipv6(void *cur, void *end, struct pkt *p)
+{
+	struct ipv6hdr *ip6 = cur;
+	if ((void *)(ip6 + 1) > end || ip6->version != 6)
+		return PARSE_BAD;
+	p->family = 6;
+	__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+
+	__u8 nexthdr = ip6->nexthdr;
+	cur = ip6 + 1;
+	/* Bounded walk: the verifier sees at most SLUICE_MAX_IPV6_EXT rounds,
+	 * and each round re-checks the header against data_end. */
+	for (int i = 0; i < SLUICE_MAX_IPV6_EXT; i++) {
+		struct ipv6_opt_hdr *oh = cur;
+		if (nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+		    nexthdr == IPPROTO_DSTOPTS) {
+			if ((void *)(oh + 1) > end)
+				goto l4_bad;
+			nexthdr = oh->nexthdr;
+			cur += ((__u32)oh->hdrlen + 1) * 8;
+		} else if (nexthdr == IPPROTO_AH) {
+			if ((void *)(oh + 1) > end)
+				goto l4_bad;
+			nexthdr = oh->nexthdr;
+			cur += ((__u32)oh->hdrlen + 2) * 4;
+		} else if (nexthdr == IPPROTO_FRAGMENT) {
+			struct frag_hdr {
+				__u8 nexthdr, reserved;
+				__be16 frag_off;
+				__be32 id;
+			} *fh = cur;
+			if ((void *)(fh + 1) > end)
+				goto l4_bad;
+			nexthdr = fh->nexthdr;
+			p->l4proto = nexthdr;
+			if (bpf_ntohs(fh->frag_off) & 0xfff8) {
+				p->flags |= PKT_F_FRAG;
+				return PARSE_OK;
+			}
+			cur = fh + 1;
+		} else {
+			p->l4proto = nexthdr;
+			parse_l4(cur, end, p);
+			return PARSE_OK;
+		}
+	}
+l4_bad:
+	/* Addresses are valid; only the transport header is out of reach. */
+	p->l4proto = nexthdr;
+	p->flags |= PKT_F_L4_BAD;
+	return PARSE_OK;
+}
+
+static __always_inline int parse_ipv4(void *cur, void *end, struct pkt *p)
+{
+	struct iphdr *ip = cur;
+	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
+		return PARSE_BAD;
+	__u32 hlen = ip->ihl * 4;
+	if (cur + hlen > end || bpf_ntohs(ip->tot_len) < hlen)
+		return PARSE_BAD;
+	p->family = 4;
+	p->l4proto = ip->protocol;
+	__builtin_memcpy(p->saddr, &ip->saddr, 4);
+	__builtin_memcpy(p->daddr, &ip->daddr, 4);
+	if (bpf_ntohs(ip->frag_off) & 0x1fff) {
+		p->flags |= PKT_F_FRAG;
+		return PARSE_OK;
+	}
+	parse_l4(cur + hlen, end, p);
+	return PARSE_OK;
+}
+
+static __always_inline int parse_pkt(void *data, void *end, struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return PARSE_BAD;
+	__be16 proto = eth->h_proto;
+	void *cur = eth + 1;
+
+	/* At most two tags (QinQ); a third is reported as unparsed. */
+	for (int i = 0; i < 3; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if (i == 2)
+			return PARSE_BAD;
+		struct vlan_hdr *vh = cur;
+		if ((void *)(vh + 1) > end)
+			return PARSE_BAD;
+		proto = vh->encap_proto;
+		cur = vh + 1;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(cur, end, p);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(cur, end, p);
+	return PARSE_NON_IP;
+}
+
+#endif /* SLUICE_PARSE_H */

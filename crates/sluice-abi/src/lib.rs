@@ -1,0 +1,266 @@
+//! Rust mirror of `bpf/include/sluice_abi.h`, the single source of truth for
+//! the kernel/user ABI: map key/value layouts, table and counter indexes, and
+//! the names of the maps and programs in the compiled objects.
+//!
+//! The header is the master. Every struct here is `#[repr(C)]` and carries
+//! compile-time size and offset assertions that match the header's
+//! `_Static_assert`s, and the daemon's tests check the embedded object's map
+//! and program names against the constants below.
+
+#![no_std]
+
+use core::mem::{offset_of, size_of};
+
+/// `SLUICE_ABI_VERSION`: bumped whenever a pinned map's layout changes.
+pub const ABI_VERSION: u32 = 1;
+/// `SLUICE_DEFAULT_MAX_RULES`: capacity compiled into the object.
+pub const DEFAULT_MAX_RULES: u32 = 65536;
+/// `SLUICE_MAX_IPV6_EXT`: bound on the IPv6 extension-header walk.
+pub const MAX_IPV6_EXT: usize = 8;
+
+/// `struct lpm_v4_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LpmV4Key {
+    pub prefixlen: u32,
+    pub addr: [u8; 4],
+}
+
+/// `struct lpm_v6_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LpmV6Key {
+    pub prefixlen: u32,
+    pub addr: [u8; 16],
+}
+
+/// `struct fw_rule`: value of every firewall LPM entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwRule {
+    pub slot: u32,
+    pub flags: u32,
+}
+
+/// `struct counter`: a per-CPU packets/bytes pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `struct fw_config`: entry 0 of `sl_config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwConfig {
+    pub abi_version: u32,
+    pub table_mask: u32,
+}
+
+/// `enum fw_table`: one LPM trie per (action, direction, family).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FwTable {
+    AllowSrc4 = 0,
+    AllowDst4 = 1,
+    AllowSrc6 = 2,
+    AllowDst6 = 3,
+    DenySrc4 = 4,
+    DenyDst4 = 5,
+    DenySrc6 = 6,
+    DenyDst6 = 7,
+}
+
+impl FwTable {
+    pub const ALL: [FwTable; 8] = [
+        FwTable::AllowSrc4,
+        FwTable::AllowDst4,
+        FwTable::AllowSrc6,
+        FwTable::AllowDst6,
+        FwTable::DenySrc4,
+        FwTable::DenyDst4,
+        FwTable::DenySrc6,
+        FwTable::DenyDst6,
+    ];
+
+    /// Picks the table for an action (`deny == true` for deny), direction and family.
+    pub const fn new(deny: bool, dst: bool, v6: bool) -> Self {
+        Self::ALL[(deny as usize) * 4 + (v6 as usize) * 2 + dst as usize]
+    }
+
+    /// Bit of this table in [`FwConfig::table_mask`].
+    pub const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
+    /// Name of the pinned LPM trie backing this table.
+    pub const fn map_name(self) -> &'static str {
+        match self {
+            FwTable::AllowSrc4 => "sl_allow_src4",
+            FwTable::AllowDst4 => "sl_allow_dst4",
+            FwTable::AllowSrc6 => "sl_allow_src6",
+            FwTable::AllowDst6 => "sl_allow_dst6",
+            FwTable::DenySrc4 => "sl_deny_src4",
+            FwTable::DenyDst4 => "sl_deny_dst4",
+            FwTable::DenySrc6 => "sl_deny_src6",
+            FwTable::DenyDst6 => "sl_deny_dst6",
+        }
+    }
+
+    pub const fn is_v6(self) -> bool {
+        (self as u32 / 2) % 2 == 1
+    }
+}
+
+/// `enum stat_idx`: indexes into `sl_stats`.
+pub mod stat {
+    pub const PASS: u32 = 0;
+    pub const ALLOW: u32 = 1;
+    pub const DENY: u32 = 2;
+    pub const UNPARSED: u32 = 3;
+    pub const NON_IP: u32 = 4;
+    /// Every packet is counted in exactly one index below this.
+    pub const VERDICTS: u32 = 5;
+    pub const FRAGMENT: u32 = 5;
+    pub const L4_UNPARSED: u32 = 6;
+    pub const COUNT: u32 = 7;
+    /// Names used by `status` and the API, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass",
+        "allow",
+        "deny",
+        "unparsed",
+        "non_ip",
+        "fragment",
+        "l4_unparsed",
+    ];
+}
+
+/// Names in the compiled XDP object.
+pub mod xdp {
+    pub const PROGRAM: &str = "sluice_xdp";
+    pub const RULE_COUNTERS: &str = "sl_rule_cnt";
+    pub const STATS: &str = "sl_stats";
+    pub const CONFIG: &str = "sl_config";
+    /// Every map the object defines, table maps included.
+    pub const MAPS: [&str; 11] = [
+        "sl_allow_src4",
+        "sl_allow_dst4",
+        "sl_allow_src6",
+        "sl_allow_dst6",
+        "sl_deny_src4",
+        "sl_deny_dst4",
+        "sl_deny_src6",
+        "sl_deny_dst6",
+        RULE_COUNTERS,
+        STATS,
+        CONFIG,
+    ];
+}
+
+// Layout checks: these numbers are the header's `_Static_assert`s.
+const _: () = {
+    assert!(size_of::<LpmV4Key>() == 8);
+    assert!(offset_of!(LpmV4Key, addr) == 4);
+    assert!(size_of::<LpmV6Key>() == 20);
+    assert!(offset_of!(LpmV6Key, addr) == 4);
+    assert!(size_of::<FwRule>() == 8);
+    assert!(size_of::<Counter>() == 16);
+    assert!(offset_of!(Counter, bytes) == 8);
+    assert!(size_of::<FwConfig>() == 8);
+    assert!(offset_of!(FwConfig, table_mask) == 4);
+};
+
+#[cfg(feature = "aya")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], hold only integers, and have no
+    // padding (checked by the size assertions above).
+    unsafe impl aya::Pod for super::LpmV4Key {}
+    unsafe impl aya::Pod for super::LpmV6Key {}
+    unsafe impl aya::Pod for super::FwRule {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::FwConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_selection_matches_header_numbering() {
+        assert_eq!(FwTable::new(false, false, false), FwTable::AllowSrc4);
+        assert_eq!(FwTable::new(false, true, true), FwTable::AllowDst6);
+        assert_eq!(FwTable::new(true, false, false), FwTable::DenySrc4);
+        assert_eq!(FwTable::new(true, true, true), FwTable::DenyDst6);
+        for t in FwTable::ALL {
+            assert_eq!(t.is_v6(), t.map_name().ends_with('6'));
+        }
+    }
+}
+
+/// Reads the C header and checks every shared constant against this mirror,
+/// so a change on one side only fails the build's tests, not production.
+#[cfg(test)]
+mod header_sync {
+    extern crate std;
+    use std::{string::String, vec::Vec};
+
+    fn header_values() -> Vec<(String, i64)> {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bpf/include/sluice_abi.h")).unwrap();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let l = line.trim();
+            let (name, val) = if let Some(rest) = l.strip_prefix("#define ") {
+                let mut it = rest.split_whitespace();
+                match (it.next(), it.next()) {
+                    (Some(n), Some(v)) => (n, v),
+                    _ => continue,
+                }
+            } else if let Some((n, v)) = l.split_once(" = ") {
+                (n.trim(), v.split([',', ' ']).next().unwrap_or(""))
+            } else {
+                continue;
+            };
+            if let Ok(v) = val.parse::<i64>() {
+                out.push((name.into(), v));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn constants_match_the_c_header() {
+        let h = header_values();
+        let get = |n: &str| h.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n} missing from header")).1;
+        assert_eq!(get("SLUICE_ABI_VERSION"), super::ABI_VERSION as i64);
+        assert_eq!(get("SLUICE_DEFAULT_MAX_RULES"), super::DEFAULT_MAX_RULES as i64);
+        assert_eq!(get("SLUICE_MAX_IPV6_EXT"), super::MAX_IPV6_EXT as i64);
+        use super::stat::*;
+        for (n, v) in [
+            ("STAT_PASS", PASS),
+            ("STAT_ALLOW", ALLOW),
+            ("STAT_DENY", DENY),
+            ("STAT_UNPARSED", UNPARSED),
+            ("STAT_NON_IP", NON_IP),
+            ("STAT_VERDICTS", VERDICTS),
+            ("STAT_FRAGMENT", FRAGMENT),
+            ("STAT_L4_UNPARSED", L4_UNPARSED),
+            ("STAT_COUNT", COUNT),
+        ] {
+            assert_eq!(get(n), v as i64, "{n}");
+        }
+        for (n, t) in [
+            ("FW_ALLOW_SRC4", super::FwTable::AllowSrc4),
+            ("FW_ALLOW_DST4", super::FwTable::AllowDst4),
+            ("FW_ALLOW_SRC6", super::FwTable::AllowSrc6),
+            ("FW_ALLOW_DST6", super::FwTable::AllowDst6),
+            ("FW_DENY_SRC4", super::FwTable::DenySrc4),
+            ("FW_DENY_DST4", super::FwTable::DenyDst4),
+            ("FW_DENY_SRC6", super::FwTable::DenySrc6),
+            ("FW_DENY_DST6", super::FwTable::DenyDst6),
+        ] {
+            assert_eq!(get(n), t as i64, "{n}");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Pure protocol code for sluice, with no I/O: the reference packet model
+//! used to craft frames for BPF_PROG_TEST_RUN fixtures and benchmarks.
+//! Everything here is deterministic and safe to fuzz.
+
+pub mod packet;

@@ -1,0 +1,246 @@
+//! The REST API: `fn app(state) -> Router`, served by the daemon on its unix
+//! socket and driven directly (no socket) by the tests. Every failure is a
+//! status code plus `{"error": "..."}`; bad input never changes anything.
+//! Request bodies are capped at [`MAX_BODY`].
+
+pub mod types;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use axum::{
+    extract::{rejection::JsonRejection, rejection::PathRejection, rejection::QueryRejection, DefaultBodyLimit, FromRequest, FromRequestParts, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get},
+    Router,
+};
+use serde::Serialize;
+use sluice_abi::{stat, ABI_VERSION};
+
+use crate::{
+    dataplane::Dataplane,
+    firewall::{Firewall, FwError, Selector},
+    rules::{Action, Direction, RuleSpec},
+};
+use types::*;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 1 << 20;
+/// Most rules one request may add.
+pub const MAX_BATCH: usize = 100_000;
+
+/// What the handlers share.
+pub struct Ctl {
+    pub fw: Mutex<Firewall>,
+    /// None when the API runs without a kernel (tests).
+    pub dp: Option<Arc<Mutex<Dataplane>>>,
+    pub started: Instant,
+    pub interface_globs: Vec<String>,
+    pub pin_dir: String,
+    pub state_dir: String,
+}
+
+pub type AppState = Arc<Ctl>;
+
+/// An API error: status plus one human-readable line.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<FwError> for ApiError {
+    fn from(e: FwError) -> Self {
+        let code = match &e {
+            FwError::Invalid(_) | FwError::DuplicateInRequest(_) => StatusCode::BAD_REQUEST,
+            FwError::Duplicate { .. } | FwError::Full { .. } => StatusCode::CONFLICT,
+            FwError::NotFound { .. } => StatusCode::NOT_FOUND,
+            FwError::Dataplane(crate::dataplane::DataplaneError::Full { .. }) => StatusCode::CONFLICT,
+            FwError::Dataplane(_) | FwError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if code == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError(code, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let code = r.status();
+        let msg = if code == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body is larger than {MAX_BODY} bytes; split it into smaller batches")
+        } else {
+            r.body_text()
+        };
+        ApiError(code, msg)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+/// `Json` whose rejections are JSON errors too.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+struct Query<T>(T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+struct Path<T>(T);
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs blocking work (map syscalls, SQLite) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}")))?
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .merge(rule_routes(Action::Deny))
+        .merge(rule_routes(Action::Allow))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API route; see /v1/status".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn rule_routes(action: Action) -> Router<AppState> {
+    let base = format!("/v1/{}", action.as_str());
+    Router::new()
+        .route(
+            &base,
+            get(move |State(s): State<AppState>| list_rules(s, action))
+                .post(move |State(s): State<AppState>, Json(body): Json<OneOrMany<RuleRequest>>| add_rules(s, action, body))
+                .delete(move |State(s): State<AppState>, Query(q): Query<DeleteQuery>| async move {
+                    let cidr = q.cidr.parse().map_err(|e: crate::rules::RuleError| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+                    let dir = if q.dst { Direction::Dst } else { Direction::Src };
+                    delete_rule(s, action, Selector::Cidr { cidr, dir }).await
+                }),
+        )
+        .route(
+            &format!("{base}/{{id}}"),
+            delete(move |State(s): State<AppState>, Path(id): Path<i64>| delete_rule(s, action, Selector::Id(id))),
+        )
+}
+
+async fn list_rules(s: AppState, action: Action) -> ApiResult<Json<Vec<RuleView>>> {
+    blocking(move || {
+        let fw = s.fw.lock().unwrap();
+        let rules = fw.list(action)?;
+        Ok(Json(rules.iter().map(|(r, c)| RuleView::new(r, c.packets, c.bytes)).collect()))
+    })
+    .await
+}
+
+async fn add_rules(s: AppState, action: Action, body: OneOrMany<RuleRequest>) -> ApiResult<Response> {
+    let (reqs, single) = match body {
+        OneOrMany::One(r) => (vec![r], true),
+        OneOrMany::Many(v) => (v, false),
+    };
+    if reqs.is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "no rules in request".into()));
+    }
+    if reqs.len() > MAX_BATCH {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("{} rules in one request; the limit is {MAX_BATCH}", reqs.len())));
+    }
+    let mut specs = Vec::with_capacity(reqs.len());
+    for (i, r) in reqs.into_iter().enumerate() {
+        let spec = RuleSpec::new(action, &r.cidr, r.dst, r.comment).map_err(|e| {
+            let at = if single { String::new() } else { format!("rule {}: ", i + 1) };
+            ApiError(StatusCode::BAD_REQUEST, format!("{at}{e}"))
+        })?;
+        specs.push(spec);
+    }
+    let added = blocking(move || Ok(s.fw.lock().unwrap().add(specs)?)).await?;
+    let views: Vec<RuleView> = added.iter().map(|r| RuleView::new(r, 0, 0)).collect();
+    Ok(if single {
+        (StatusCode::CREATED, Json(views.into_iter().next().expect("one rule"))).into_response()
+    } else {
+        (StatusCode::CREATED, Json(views)).into_response()
+    })
+}
+
+async fn delete_rule(s: AppState, action: Action, sel: Selector) -> ApiResult<Json<RuleView>> {
+    blocking(move || {
+        let r = s.fw.lock().unwrap().delete(action, &sel)?;
+        Ok(Json(RuleView::new(&r, 0, 0)))
+    })
+    .await
+}
+
+async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
+    blocking(move || {
+        let (counts, stats) = {
+            let fw = s.fw.lock().unwrap();
+            let counts = RuleCounts { deny: fw.count(Action::Deny), allow: fw.count(Action::Allow), max_rules: fw.capacity() };
+            (counts, fw.stats()?)
+        };
+        let mut verdicts = std::collections::BTreeMap::new();
+        let mut notes = std::collections::BTreeMap::new();
+        for (i, c) in stats.iter().enumerate() {
+            let v = CounterView { packets: c.packets, bytes: c.bytes };
+            let name = stat::NAMES[i].to_string();
+            if (i as u32) < stat::VERDICTS {
+                verdicts.insert(name, v);
+            } else {
+                notes.insert(name, v);
+            }
+        }
+        let (interfaces, programs) = match &s.dp {
+            Some(dp) => {
+                let dp = dp.lock().unwrap();
+                let ifs = dp
+                    .attachments()
+                    .map(|a| IfaceView { name: a.name.clone(), ifindex: a.ifindex, mode: a.mode, adopted: a.adopted })
+                    .collect();
+                let progs = vec![ProgramView { name: sluice_abi::xdp::PROGRAM.into(), kind: "xdp".into(), id: dp.program_id() }];
+                (ifs, progs)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(Json(Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            abi_version: ABI_VERSION,
+            pid: std::process::id(),
+            uptime_secs: s.started.elapsed().as_secs(),
+            interface_globs: s.interface_globs.clone(),
+            pin_dir: s.pin_dir.clone(),
+            state_dir: s.state_dir.clone(),
+            interfaces,
+            programs,
+            rules: counts,
+            verdicts,
+            notes,
+        }))
+    })
+    .await
+}

@@ -1,0 +1,121 @@
+//! Request and response bodies of the REST API. The CLI sends and prints
+//! these same types, so the two cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{dataplane::AttachMode, rules::Rule};
+
+/// Body of `POST /v1/deny` and `POST /v1/allow` (one object or an array).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRequest {
+    pub cidr: String,
+    /// Match the destination address instead of the source.
+    #[serde(default)]
+    pub dst: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+/// Query of `DELETE /v1/deny?cidr=...&dst=...`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    pub cidr: String,
+    #[serde(default)]
+    pub dst: bool,
+}
+
+/// A rule as listed: identity, match, and hit counters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleView {
+    pub id: i64,
+    pub action: String,
+    pub cidr: String,
+    pub direction: String,
+    pub comment: Option<String>,
+    /// Unix seconds.
+    pub created: i64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl RuleView {
+    pub fn new(r: &Rule, packets: u64, bytes: u64) -> Self {
+        RuleView {
+            id: r.id,
+            action: r.spec.action.as_str().into(),
+            cidr: r.spec.cidr.to_string(),
+            direction: r.spec.dir.as_str().into(),
+            comment: r.spec.comment.clone(),
+            created: r.created,
+            packets,
+            bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IfaceView {
+    pub name: String,
+    pub ifindex: u32,
+    pub mode: AttachMode,
+    /// Adopted from a previous daemon's pinned link.
+    pub adopted: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProgramView {
+    pub name: String,
+    pub kind: String,
+    /// Kernel program id.
+    pub id: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CounterView {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleCounts {
+    pub deny: usize,
+    pub allow: usize,
+    pub max_rules: u32,
+}
+
+/// Body of `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub version: String,
+    pub abi_version: u32,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub interface_globs: Vec<String>,
+    pub pin_dir: String,
+    pub state_dir: String,
+    pub interfaces: Vec<IfaceView>,
+    pub programs: Vec<ProgramView>,
+    pub rules: RuleCounts,
+    /// Packets by verdict: pass, allow, deny, unparsed, non_ip. Each packet
+    /// is counted once here.
+    pub verdicts: BTreeMap<String, CounterView>,
+    /// Extra notes: fragment, l4_unparsed (also counted in a verdict).
+    pub notes: BTreeMap<String, CounterView>,
+}
+
+/// Every error body: `{"error": "..."}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,332 @@
+//! Command-line definitions (clap derive) and the client commands' output:
+//! tables for people, `--json` for programs. The bodies sent and received
+//! are the API's own types.
+
+use std::{
+    io::{BufRead, Write},
+    path::PathBuf,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sluice::{
+    api::{
+        types::{RuleRequest, RuleView, Status},
+        MAX_BODY,
+    },
+    config::{Config, DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
+    lab::Lab,
+    rules::{Action, RuleSpec},
+};
+
+use crate::{client::Client, daemon};
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "eBPF traffic control and visibility for Linux hosts and their containers")]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClientOpts {
+    /// The daemon's API socket.
+    #[arg(long, env = "SLUICE_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the daemon in the foreground.
+    Run(RunOpts),
+    /// Show the daemon's version, interfaces, programs, rules and counters.
+    Status(ClientOpts),
+    /// Drop traffic from (or, with --dst, to) a CIDR.
+    Deny {
+        #[command(subcommand)]
+        op: RuleOp,
+    },
+    /// Always pass traffic from (or to) a CIDR; allow wins over deny.
+    Allow {
+        #[command(subcommand)]
+        op: RuleOp,
+    },
+    /// Stop the daemon, detach every program and remove every pin. Rules stay
+    /// in the state database.
+    Down {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Build or remove the sandbox of network namespaces used by the tour and tests.
+    Lab {
+        #[command(subcommand)]
+        op: LabOp,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunOpts {
+    /// TOML config file; command-line options override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Interface glob to manage (repeatable). Default: veth*.
+    #[arg(long = "iface", value_name = "GLOB")]
+    ifaces: Vec<String>,
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// bpffs directory for pins (default /sys/fs/bpf/sluice).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum RuleOp {
+    /// Add a rule; prints it with its id.
+    Add {
+        /// IPv4/IPv6 address or CIDR (host bits must be zero).
+        cidr: String,
+        /// Match the destination address instead of the source.
+        #[arg(long)]
+        dst: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Delete a rule by id, or by CIDR (with --dst for a destination rule).
+    Del {
+        #[arg(value_name = "CIDR|ID")]
+        target: String,
+        #[arg(long)]
+        dst: bool,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// List the rules with their packet and byte counters.
+    List {
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Add many rules from a file (one CIDR per line, `#` comments; `-` is
+    /// stdin). The whole file is validated before anything is sent, and a
+    /// failure part-way removes what was added.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        dst: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LabOp {
+    /// Create namespaces sluice-a and sluice-b behind veth-sluice-a/-b.
+    Up,
+    /// Remove them.
+    Down,
+}
+
+impl Cli {
+    /// True for the long-running daemon (which must survive a closed pipe).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.cmd, Cmd::Run(_))
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Run(o) => {
+            let mut cfg = Config::load(o.config.as_deref())?;
+            if !o.ifaces.is_empty() {
+                cfg.interfaces = o.ifaces;
+            }
+            cfg.socket = o.socket.unwrap_or(cfg.socket);
+            cfg.state_dir = o.state_dir.unwrap_or(cfg.state_dir);
+            cfg.pin_dir = o.pin_dir.unwrap_or(cfg.pin_dir);
+            daemon::run(cfg).await
+        }
+        Cmd::Status(c) => status(&c).await,
+        Cmd::Deny { op } => rules(Action::Deny, op).await,
+        Cmd::Allow { op } => rules(Action::Allow, op).await,
+        Cmd::Down { state_dir, pin_dir } => daemon::down(&state_dir, &pin_dir),
+        Cmd::Lab { op } => lab(op),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn status(c: &ClientOpts) -> Result<()> {
+    let s: Status = Client::new(&c.socket).get("/v1/status").await?;
+    if c.json {
+        return print_json(&s);
+    }
+    println!("sluice {} (ABI {}), pid {}, up {}s", s.version, s.abi_version, s.pid, s.uptime_secs);
+    println!("managing: {}   pins: {}   state: {}", s.interface_globs.join(" "), s.pin_dir, s.state_dir);
+    println!("\ninterfaces ({}):", s.interfaces.len());
+    for i in &s.interfaces {
+        let mode = serde_json::to_value(i.mode)?.as_str().unwrap_or("?").to_string();
+        println!("  {:<16} ifindex {:<6} xdp {}{}", i.name, i.ifindex, mode, if i.adopted { " (adopted)" } else { "" });
+    }
+    println!("\nprograms:");
+    for p in &s.programs {
+        println!("  {:<16} {:<5} id {}", p.name, p.kind, p.id.map_or("-".into(), |i| i.to_string()));
+    }
+    println!("\nrules: {} deny, {} allow (max {})", s.rules.deny, s.rules.allow, s.rules.max_rules);
+    println!("\npackets by verdict:");
+    for name in sluice_abi::stat::NAMES {
+        if let Some(v) = s.verdicts.get(name).or_else(|| s.notes.get(name)) {
+            println!("  {:<12} {:>14} pkts {:>16} bytes", name, v.packets, v.bytes);
+        }
+    }
+    Ok(())
+}
+
+fn print_rules(rules: &[RuleView]) {
+    println!("{:<8} {:<44} {:<4} {:>12} {:>14}  COMMENT", "ID", "CIDR", "DIR", "PACKETS", "BYTES");
+    for r in rules {
+        println!(
+            "{:<8} {:<44} {:<4} {:>12} {:>14}  {}",
+            r.id,
+            r.cidr,
+            r.direction,
+            r.packets,
+            r.bytes,
+            r.comment.as_deref().unwrap_or("")
+        );
+    }
+}
+
+async fn rules(action: Action, op: RuleOp) -> Result<()> {
+    let base = format!("/v1/{}", action.as_str());
+    match op {
+        RuleOp::Add { cidr, dst, comment, c } => {
+            let r: RuleView = Client::new(&c.socket).post(&base, &RuleRequest { cidr, dst, comment }).await?;
+            if c.json {
+                return print_json(&r);
+            }
+            println!("added {} rule {}: {} {}{}", r.action, r.id, r.direction, r.cidr, r.comment.map(|c| format!(" ({c})")).unwrap_or_default());
+        }
+        RuleOp::Del { target, dst, c } => {
+            let path = match target.parse::<i64>() {
+                Ok(id) => format!("{base}/{id}"),
+                Err(_) => {
+                    // Validate locally for a precise message, then let the
+                    // daemon decide (it validates again).
+                    target.parse::<sluice::rules::Cidr>()?;
+                    format!("{base}?cidr={}&dst={dst}", target.replace('/', "%2F"))
+                }
+            };
+            let r: RuleView = Client::new(&c.socket).delete(&path).await?;
+            if c.json {
+                return print_json(&r);
+            }
+            println!("deleted {} rule {}: {} {}", r.action, r.id, r.direction, r.cidr);
+        }
+        RuleOp::List { c } => {
+            let v: Vec<RuleView> = Client::new(&c.socket).get(&base).await?;
+            if c.json {
+                return print_json(&v);
+            }
+            print_rules(&v);
+        }
+        RuleOp::Import { file, dst, comment, c } => import(action, &base, &file, dst, comment, &c).await?,
+    }
+    Ok(())
+}
+
+async fn import(action: Action, base: &str, file: &PathBuf, dst: bool, comment: Option<String>, c: &ClientOpts) -> Result<()> {
+    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?))
+    };
+    // Validate everything first: nothing is sent if any line is bad.
+    let mut reqs = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", file.display()))?;
+        let cidr = line.split('#').next().unwrap_or("").trim();
+        if cidr.is_empty() {
+            continue;
+        }
+        RuleSpec::new(action, cidr, dst, comment.clone()).with_context(|| format!("{} line {}", file.display(), n + 1))?;
+        reqs.push(RuleRequest { cidr: cidr.to_string(), dst, comment: comment.clone() });
+    }
+    if reqs.is_empty() {
+        bail!("{} holds no CIDRs", file.display());
+    }
+    let client = Client::new(&c.socket);
+    let total = reqs.len();
+    let started = std::time::Instant::now();
+    let mut added: Vec<RuleView> = Vec::with_capacity(total);
+    let mut chunk: Vec<RuleRequest> = Vec::new();
+    let mut chunk_bytes = 0;
+    let mut iter = reqs.into_iter().peekable();
+    while let Some(r) = iter.next() {
+        chunk_bytes += r.cidr.len() + r.comment.as_ref().map_or(0, |c| c.len() * 6) + 48;
+        chunk.push(r);
+        if chunk_bytes > MAX_BODY / 2 || chunk.len() >= 20_000 || iter.peek().is_none() {
+            match client.post::<_, Vec<RuleView>>(base, &chunk).await {
+                Ok(v) => added.extend(v),
+                Err(e) => {
+                    eprintln!("import failed after {} of {total} rules: {e}; removing the {} already added", added.len(), added.len());
+                    for r in &added {
+                        let _: Result<RuleView> = client.delete(&format!("{base}/{}", r.id)).await;
+                    }
+                    return Err(e.context("import rolled back"));
+                }
+            }
+            chunk.clear();
+            chunk_bytes = 0;
+            if !c.json {
+                eprint!("\rimported {}/{total} {} rules", added.len(), action.as_str());
+                std::io::stderr().flush().ok();
+            }
+        }
+    }
+    if c.json {
+        return print_json(&added);
+    }
+    eprintln!();
+    println!("imported {} {} rules in {:.2?}", added.len(), action.as_str(), started.elapsed());
+    Ok(())
+}
+
+fn lab(op: LabOp) -> Result<()> {
+    let lab = Lab::standard();
+    match op {
+        LabOp::Up => {
+            lab.up()?;
+            println!("lab is up:");
+            for h in &lab.hosts {
+                println!(
+                    "  namespace {:<9} eth0 {} / {}   host side {} {} / {}",
+                    h.netns, h.ns_v4, h.ns_v6, h.host_if, h.host_v4, h.host_v6
+                );
+            }
+            let (a, b) = (lab.host('a'), lab.host('b'));
+            println!("\nsend traffic:");
+            println!("  nsenter --net=/run/netns/{} ping -c3 {}      # a -> host", a.netns, a.host_v4);
+            println!("  nsenter --net=/run/netns/{} ping -c3 {}      # a -> b, routed by the host", a.netns, b.ns_v4);
+            println!("  nsenter --net=/run/netns/{} ping -c3 {}   # IPv6 a -> host", a.netns, a.host_v6);
+            println!("then: sluice deny add {}   and try again; `sluice lab down` removes the lab", a.ns_v4);
+        }
+        LabOp::Down => {
+            lab.down()?;
+            println!("lab removed (namespaces sluice-a, sluice-b and their veths)");
+        }
+    }
+    Ok(())
+}

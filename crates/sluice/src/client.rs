@@ -1,0 +1,68 @@
+//! The CLI's HTTP client: one request per call over the daemon's unix socket,
+//! with the API's own types. A missing daemon and every API error become one
+//! clear line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Bytes, Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::{de::DeserializeOwned, Serialize};
+use sluice::api::types::ErrorBody;
+use tokio::net::UnixStream;
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Self {
+        Client { socket: socket.to_path_buf() }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            anyhow!(
+                "the sluice daemon is not running (cannot connect to {}: {e}); start it with `sluice run` (or `make run`)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let body = match body {
+            Some(b) => Bytes::from(serde_json::to_vec(b)?),
+            None => Bytes::new(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "sluice")
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
+        let resp = sender.send_request(req).await.context("talking to the sluice daemon")?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!("daemon answered {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+            }
+        }
+        serde_json::from_slice(&bytes).with_context(|| format!("decoding the daemon's answer to {path}"))
+    }
+}

@@ -1,0 +1,130 @@
+//! Daemon configuration: the built-in defaults, an optional TOML file
+//! (`--config FILE`, unknown keys are an error), and command-line overrides,
+//! applied in that order. [`Config::validate`] checks everything before the
+//! daemon touches the kernel.
+
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_SOCKET: &str = "/run/sluice/sluice.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sluice";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("interface glob {glob:?}: {source}")]
+    Glob { glob: String, source: globset::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Interface name globs to manage. Default: container veths only.
+    pub interfaces: Vec<String>,
+    /// Unix socket of the API (mode 0600).
+    pub socket: PathBuf,
+    /// Directory of the rule database.
+    pub state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Capacity of each firewall table and of the rule counter array.
+    pub max_rules: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interfaces: vec!["veth*".into()],
+            socket: DEFAULT_SOCKET.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            pin_dir: DEFAULT_PIN_DIR.into(),
+            max_rules: sluice_abi::DEFAULT_MAX_RULES,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interfaces.is_empty() {
+            return Err(ConfigError::Invalid("no interface globs: give at least one (default veth*)".into()));
+        }
+        self.matcher()?;
+        if !(1..=1 << 24).contains(&self.max_rules) {
+            return Err(ConfigError::Invalid(format!("max_rules {} is out of range 1..=16777216", self.max_rules)));
+        }
+        if !self.pin_dir.is_absolute() || self.pin_dir.parent().is_none() {
+            return Err(ConfigError::Invalid(format!("pin_dir {} must be an absolute path below a bpffs mount", self.pin_dir.display())));
+        }
+        // bpffs refuses names with dots; catch it here with a clear message.
+        if self.pin_dir.components().any(|c| c.as_os_str().to_string_lossy().contains('.')) {
+            return Err(ConfigError::Invalid(format!("pin_dir {} must not contain '.' (bpffs refuses such names)", self.pin_dir.display())));
+        }
+        Ok(())
+    }
+
+    /// The compiled interface globs.
+    pub fn matcher(&self) -> Result<GlobSet, ConfigError> {
+        let mut b = GlobSetBuilder::new();
+        for g in &self.interfaces {
+            if g.is_empty() || g.len() > 64 || g.contains('/') {
+                return Err(ConfigError::Invalid(format!("interface glob {g:?} is not a valid interface pattern")));
+            }
+            b.add(Glob::new(g).map_err(|source| ConfigError::Glob { glob: g.clone(), source })?);
+        }
+        b.build().map_err(|source| ConfigError::Glob { glob: self.interfaces.join(","), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_manage_only_veths() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let m = c.matcher().unwrap();
+        assert!(m.is_match("veth1a2b3c"));
+        assert!(!m.is_match("eth0"));
+        assert!(!m.is_match("lo"));
+    }
+
+    #[test]
+    fn file_overrides_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "interfaces = [\"lab-*\"]\nmax_rules = 100\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.interfaces, vec!["lab-*"]);
+        assert_eq!(c.max_rules, 100);
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        std::fs::write(&p, "interface = [\"x\"]\n").unwrap();
+        assert!(matches!(Config::load(Some(&p)), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn validation_errors() {
+        let mut c = Config { max_rules: 0, ..Config::default() };
+        assert!(c.validate().is_err());
+        c.max_rules = 10;
+        c.interfaces = vec!["[".into()];
+        assert!(c.validate().is_err());
+        c.interfaces = vec!["veth*".into()];
+        c.pin_dir = "/sys/fs/bpf/a.b".into();
+        assert!(c.validate().is_err());
+    }
+}

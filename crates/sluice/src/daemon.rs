@@ -1,0 +1,171 @@
+//! `sluice run` and `sluice down`: the daemon's lifecycle. `run` validates
+//! everything that can be validated before touching the kernel (config, lock,
+//! state database), then loads and reconciles the dataplane, attaches, and
+//! serves the API until SIGINT/SIGTERM. Stopping leaves every pin in place,
+//! so enforcement continues; `down` stops the daemon and removes the pins.
+
+use std::{
+    fs,
+    io::{Read, Seek, Write},
+    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use sluice::{
+    api::{self, Ctl},
+    config::Config,
+    dataplane::{self, Dataplane},
+    firewall::Firewall,
+    store::Store,
+    watch::Watcher,
+};
+use tokio::net::UnixListener;
+
+/// Holds `state_dir/sluice.lock` (flock) for the daemon's lifetime; the file
+/// holds the daemon's pid for `sluice down`.
+struct PidLock {
+    _file: fs::File,
+}
+
+fn lock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("sluice.lock")
+}
+
+fn take_lock(state_dir: &Path) -> Result<PidLock> {
+    let path = lock_path(state_dir);
+    let mut f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        bail!("another sluice daemon is running (pid {}) with state dir {}", pid.trim(), state_dir.display());
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    write!(f, "{}", std::process::id())?;
+    Ok(PidLock { _file: f })
+}
+
+/// The pid of a running daemon (one that holds the lock), if any.
+fn running_pid(state_dir: &Path) -> Option<i32> {
+    let mut f = fs::File::open(lock_path(state_dir)).ok()?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return None; // nobody holds it
+    }
+    let mut s = String::new();
+    f.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+fn raise_memlock() {
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK ({}); fine on kernels with memcg accounting", std::io::Error::last_os_error());
+    }
+}
+
+async fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!("something is already serving {}", path.display());
+        }
+        fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    // Create it private from the first instant: umask 077 during bind.
+    // SAFETY: umask is process-wide but we are single-purpose here, at startup.
+    let old = unsafe { libc::umask(0o077) };
+    let l = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let l = l.with_context(|| format!("binding {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+pub async fn run(cfg: Config) -> Result<()> {
+    cfg.validate()?;
+    let matcher = cfg.matcher()?;
+    fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700))?;
+    let _lock = take_lock(&cfg.state_dir)?;
+    let store = Store::open(&cfg.state_dir)?;
+    raise_memlock();
+
+    let t0 = Instant::now();
+    let (dp, tables) = Dataplane::load(&cfg.pin_dir, cfg.max_rules)?;
+    let (fw, rec) = Firewall::open(store, Box::new(tables))?;
+    tracing::info!(
+        pin_dir = %cfg.pin_dir.display(),
+        kept = rec.kept, added = rec.added, removed = rec.removed,
+        "dataplane loaded and rule tables reconciled with the store"
+    );
+    let dp = Arc::new(Mutex::new(dp));
+    let watcher = Watcher::new(dp.clone(), matcher).start().await?;
+    {
+        let dp = dp.lock().unwrap();
+        let ifs: Vec<String> = dp.attachments().map(|a| format!("{}({:?}{})", a.name, a.mode, if a.adopted { ", adopted" } else { "" }).to_lowercase()).collect();
+        tracing::info!(interfaces = %ifs.join(" "), globs = %cfg.interfaces.join(","), "XDP firewall attached in {:?}", t0.elapsed());
+    }
+
+    let listener = bind_socket(&cfg.socket).await?;
+    let state = Arc::new(Ctl {
+        fw: Mutex::new(fw),
+        dp: Some(dp.clone()),
+        started: Instant::now(),
+        interface_globs: cfg.interfaces.clone(),
+        pin_dir: cfg.pin_dir.display().to_string(),
+        state_dir: cfg.state_dir.display().to_string(),
+    });
+    tracing::info!(socket = %cfg.socket.display(), "serving the API; `sluice status` to check, Ctrl-C to stop");
+    axum::serve(listener, api::app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    watcher.abort();
+    let _ = fs::remove_file(&cfg.socket);
+    tracing::info!(
+        "stopped; enforcement continues from the pins in {} (`sluice down` removes them)",
+        cfg.pin_dir.display()
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// `sluice down`: stop the daemon if one runs, then detach and unpin.
+pub fn down(state_dir: &Path, pin_dir: &Path) -> Result<()> {
+    if let Some(pid) = running_pid(state_dir) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running_pid(state_dir).is_some() {
+            if Instant::now() > deadline {
+                bail!("daemon (pid {pid}) did not stop within 10 s; not removing its pins");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("stopped the sluice daemon (pid {pid})");
+    }
+    let removed = dataplane::teardown(pin_dir)?;
+    if removed.is_empty() {
+        println!("nothing pinned in {}: the dataplane was already down", pin_dir.display());
+    }
+    for line in removed {
+        println!("{line}");
+    }
+    println!("rules are kept in {}; `sluice run` restores them", state_dir.join("sluice.db").display());
+    Ok(())
+}

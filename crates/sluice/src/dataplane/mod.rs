@@ -1,0 +1,423 @@
+//! The dataplane: everything that touches the kernel's BPF objects. It loads
+//! the embedded C programs with aya, pins their maps and links under the pin
+//! directory (default `/sys/fs/bpf/sluice`), attaches the XDP firewall to
+//! interfaces, adopts what a previous daemon left pinned, and writes the
+//! firewall tables through [`Tables`].
+//!
+//! Enforcement outlives the daemon because every map and every link is
+//! pinned: a new daemon reopens the same maps by pin path and swaps its freshly
+//! loaded program into each pinned link with one atomic `BPF_LINK_UPDATE`, so
+//! there is never a moment with no program, nor two.
+
+mod tables;
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fs,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Map, MapData, MapType},
+    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+pub use tables::{KernelTables, MemTables, Tables};
+use sluice_abi::{xdp as names, FwTable, ABI_VERSION};
+
+/// The compiled XDP firewall (built by build.rs from bpf/sluice_xdp.bpf.c).
+pub static XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.bpf.o"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{0} is not on a BPF filesystem and could not be mounted: {1}")]
+    NoBpffs(PathBuf, io::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("pinned map {name} in {dir} does not match this sluice ({why}); run `sluice down` to remove the old pins (rules are kept in the state database), or use the sluice version that created them")]
+    IncompatiblePin { name: String, dir: PathBuf, why: String },
+    #[error("loading BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("BPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("BPF link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("pinning: {0}")]
+    Pin(#[from] aya::pin::PinError),
+    #[error("{table} is full ({capacity} entries); raise max_rules in the config (needs `sluice down` first)")]
+    Full { table: &'static str, capacity: u32 },
+    #[error("interface {name}: XDP attach failed in native ({native}) and generic ({generic}) mode")]
+    Attach { name: String, native: String, generic: String },
+    #[error("missing {0} in the BPF object")]
+    Missing(&'static str),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
+    move |source| DataplaneError::Io { path: path.to_path_buf(), source }
+}
+
+/// Makes sure `pin_dir` lives on bpffs, mounting bpffs at /sys/fs/bpf if
+/// nothing is mounted there yet (idempotent).
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    if is_bpffs(parent) {
+        return Ok(());
+    }
+    let target = Path::new("/sys/fs/bpf");
+    if parent.starts_with(target) && !is_bpffs(target) {
+        fs::create_dir_all(target).map_err(io_err(target))?;
+        let (src, dst, ty) = (CString::new("bpf").unwrap(), CString::new("/sys/fs/bpf").unwrap(), CString::new("bpf").unwrap());
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            return Err(DataplaneError::NoBpffs(parent.to_path_buf(), io::Error::last_os_error()));
+        }
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    if is_bpffs(parent) || (fs::create_dir_all(parent).is_ok() && is_bpffs(parent)) {
+        Ok(())
+    } else {
+        Err(DataplaneError::NoBpffs(parent.to_path_buf(), io::Error::other("not a bpf filesystem")))
+    }
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated and st is a valid out pointer.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// What a pinned map must look like for this build to reuse it.
+struct MapShape {
+    name: &'static str,
+    ty: MapType,
+    key: u32,
+    value: u32,
+    max_entries: u32,
+}
+
+fn expected_maps(max_rules: u32) -> Vec<MapShape> {
+    let mut v: Vec<MapShape> = FwTable::ALL
+        .iter()
+        .map(|t| MapShape {
+            name: t.map_name(),
+            ty: MapType::LpmTrie,
+            key: if t.is_v6() { 20 } else { 8 },
+            value: 8,
+            max_entries: max_rules,
+        })
+        .collect();
+    v.push(MapShape { name: names::RULE_COUNTERS, ty: MapType::PerCpuArray, key: 4, value: 16, max_entries: max_rules });
+    v.push(MapShape { name: names::STATS, ty: MapType::PerCpuArray, key: 4, value: 16, max_entries: sluice_abi::stat::COUNT });
+    v.push(MapShape { name: names::CONFIG, ty: MapType::Array, key: 4, value: 8, max_entries: 1 });
+    v
+}
+
+/// Refuses pinned maps whose type, key/value size, capacity or ABI version
+/// differ from this build: aya would otherwise reuse them silently.
+pub fn check_pins(pin_dir: &Path, max_rules: u32) -> Result<(), DataplaneError> {
+    for shape in expected_maps(max_rules) {
+        let path = pin_dir.join(shape.name);
+        if !path.exists() {
+            continue;
+        }
+        let bad = |why: String| DataplaneError::IncompatiblePin { name: shape.name.into(), dir: pin_dir.into(), why };
+        let data = MapData::from_pin(&path)?;
+        let info = data.info()?;
+        let ty = info.map_type().map_err(|e| bad(e.to_string()))?;
+        if ty != shape.ty {
+            return Err(bad(format!("type {ty:?}, expected {:?}", shape.ty)));
+        }
+        if info.key_size() != shape.key || info.value_size() != shape.value {
+            return Err(bad(format!(
+                "key/value size {}/{}, expected {}/{}",
+                info.key_size(),
+                info.value_size(),
+                shape.key,
+                shape.value
+            )));
+        }
+        if info.max_entries() != shape.max_entries {
+            return Err(bad(format!("capacity {} but max_rules is {}", info.max_entries(), shape.max_entries)));
+        }
+        if shape.name == names::CONFIG {
+            let arr: aya::maps::Array<MapData, sluice_abi::FwConfig> = aya::maps::Array::try_from(Map::Array(data))?;
+            let cfg = arr.get(&0, 0)?;
+            if cfg.abi_version != 0 && cfg.abi_version != ABI_VERSION {
+                return Err(bad(format!("ABI version {}, this build uses {ABI_VERSION}", cfg.abi_version)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How the XDP program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver (veth, most NICs).
+    Native,
+    /// Generic (SKB) mode: works everywhere, slower.
+    Generic,
+}
+
+impl AttachMode {
+    fn tag(self) -> &'static str {
+        match self {
+            AttachMode::Native => "drv",
+            AttachMode::Generic => "skb",
+        }
+    }
+}
+
+/// One interface the XDP firewall is attached to.
+#[derive(Debug)]
+pub struct Attachment {
+    pub ifindex: u32,
+    pub name: String,
+    pub mode: AttachMode,
+    /// True if this daemon adopted a link pinned by an earlier one.
+    pub adopted: bool,
+    pin: PathBuf,
+    _link: FdLink,
+}
+
+/// The loaded programs and the interfaces they are attached to.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    attached: BTreeMap<u32, Attachment>,
+}
+
+impl Dataplane {
+    /// Loads the XDP object, reusing (or creating) the maps pinned in
+    /// `pin_dir`, and returns the dataplane plus the firewall tables.
+    pub fn load(pin_dir: &Path, max_rules: u32) -> Result<(Self, KernelTables), DataplaneError> {
+        ensure_bpffs(pin_dir)?;
+        fs::create_dir_all(pin_dir.join("links")).map_err(io_err(pin_dir))?;
+        check_pins(pin_dir, max_rules)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        for t in FwTable::ALL {
+            loader.map_max_entries(t.map_name(), max_rules);
+        }
+        loader.map_max_entries(names::RULE_COUNTERS, max_rules);
+        let mut ebpf = loader.load(XDP_OBJ)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or(DataplaneError::Missing(names::PROGRAM))?
+            .try_into()?;
+        prog.load()?;
+        let tables = KernelTables::new(&mut ebpf, max_rules)?;
+        Ok((Dataplane { ebpf, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new() }, tables))
+    }
+
+    /// The XDP program, for test_run and attach.
+    pub fn xdp(&mut self) -> &mut Xdp {
+        self.ebpf.program_mut(names::PROGRAM).expect("checked in load").try_into().expect("an XDP program")
+    }
+
+    /// Kernel id of the loaded XDP program.
+    pub fn program_id(&self) -> Option<u32> {
+        let p: &Xdp = self.ebpf.program(names::PROGRAM)?.try_into().ok()?;
+        p.info().ok().map(|i| i.id())
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.pin_dir.join("links")
+    }
+
+    /// Pinned XDP links left in the pin directory: (ifindex, mode, path).
+    pub fn pinned_links(&self) -> Vec<(u32, AttachMode, PathBuf)> {
+        pinned_links(&self.links_dir())
+    }
+
+    /// Attaches to `ifindex`, or adopts the link an earlier daemon pinned
+    /// there by atomically swapping this daemon's program into it.
+    pub fn attach(&mut self, ifindex: u32, name: &str) -> Result<&Attachment, DataplaneError> {
+        if self.attached.contains_key(&ifindex) {
+            return Ok(&self.attached[&ifindex]);
+        }
+        let pinned = self.pinned_links().into_iter().find(|(i, _, _)| *i == ifindex);
+        let att = match pinned {
+            Some((_, mode, pin)) => match self.adopt(&pin) {
+                Ok(link) => Attachment { ifindex, name: name.into(), mode, adopted: true, pin, _link: link },
+                Err(e) => {
+                    // A stale pin (interface recreated with the same index, or
+                    // a link the kernel already tore down): replace it.
+                    tracing::warn!(ifindex, name, error = %e, "pinned link unusable, attaching afresh");
+                    let _ = fs::remove_file(&pin);
+                    self.attach_new(ifindex, name)?
+                }
+            },
+            None => self.attach_new(ifindex, name)?,
+        };
+        tracing::info!(ifindex, name, mode = ?att.mode, adopted = att.adopted, "XDP firewall attached");
+        Ok(self.attached.entry(ifindex).or_insert(att))
+    }
+
+    fn adopt(&mut self, pin: &Path) -> Result<FdLink, DataplaneError> {
+        let link: FdLink = PinnedLink::from_pin(pin)?.into();
+        let xdp_link = aya::programs::xdp::XdpLink::try_from(link)?;
+        let prog = self.xdp();
+        let id = prog.attach_to_link(xdp_link)?;
+        let link = prog.take_link(id)?;
+        Ok(FdLink::try_from(link)?)
+    }
+
+    fn attach_new(&mut self, ifindex: u32, name: &str) -> Result<Attachment, DataplaneError> {
+        let prog = self.xdp();
+        let (id, mode) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(id) => (id, AttachMode::Native),
+            Err(native) => match prog.attach_to_if_index(ifindex, XdpMode::Skb) {
+                Ok(id) => (id, AttachMode::Generic),
+                Err(generic) => {
+                    return Err(DataplaneError::Attach {
+                        name: name.into(),
+                        native: chain(&native),
+                        generic: chain(&generic),
+                    })
+                }
+            },
+        };
+        let link = FdLink::try_from(prog.take_link(id)?)?;
+        let pin = self.links_dir().join(format!("xdp_{ifindex}_{}", mode.tag()));
+        let link: FdLink = link.pin(&pin)?.into();
+        Ok(Attachment { ifindex, name: name.into(), mode, adopted: false, pin, _link: link })
+    }
+
+    /// Detaches from `ifindex` (unpins and closes the link). Returns the
+    /// attachment that was removed, if any.
+    pub fn detach(&mut self, ifindex: u32) -> Option<Attachment> {
+        let att = self.attached.remove(&ifindex)?;
+        if let Err(e) = fs::remove_file(&att.pin) {
+            tracing::warn!(pin = %att.pin.display(), error = %e, "unpinning link");
+        }
+        tracing::info!(ifindex, name = %att.name, "XDP firewall detached");
+        Some(att)
+    }
+
+    /// Removes pinned links this daemon did not attach or adopt, e.g. for
+    /// interfaces that vanished or no longer match the configured globs.
+    pub fn prune_unowned(&mut self) -> Vec<u32> {
+        let mut gone = Vec::new();
+        for (ifindex, _, pin) in self.pinned_links() {
+            if !self.attached.contains_key(&ifindex) && fs::remove_file(&pin).is_ok() {
+                gone.push(ifindex);
+            }
+        }
+        gone
+    }
+
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        self.attached.values()
+    }
+
+    /// Renames an attachment after an interface rename.
+    pub fn rename(&mut self, ifindex: u32, name: &str) {
+        if let Some(a) = self.attached.get_mut(&ifindex) {
+            a.name = name.to_string();
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn pinned_links(dir: &Path) -> Vec<(u32, AttachMode, PathBuf)> {
+    let Ok(rd) = fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut parts = name.splitn(3, '_');
+        if let (Some("xdp"), Some(idx), Some(mode)) = (parts.next(), parts.next(), parts.next()) {
+            let mode = match mode {
+                "drv" => AttachMode::Native,
+                "skb" => AttachMode::Generic,
+                _ => continue,
+            };
+            if let Ok(idx) = idx.parse() {
+                out.push((idx, mode, e.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `sluice down`: unpins every link (detaching it) and every map under
+/// `pin_dir`, then removes the directory. Returns one line per removed object.
+pub fn teardown(pin_dir: &Path) -> Result<Vec<String>, DataplaneError> {
+    let mut removed = Vec::new();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    for (ifindex, mode, pin) in pinned_links(&pin_dir.join("links")) {
+        fs::remove_file(&pin).map_err(io_err(&pin))?;
+        let name = ifname(ifindex).unwrap_or_else(|| "(gone)".into());
+        let mode = match mode {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        };
+        removed.push(format!("detached XDP firewall ({mode}) from {name} (ifindex {ifindex})"));
+    }
+    let links = pin_dir.join("links");
+    for e in fs::read_dir(&links).into_iter().flatten().flatten() {
+        let p = e.path();
+        fs::remove_file(&p).map_err(io_err(&p))?;
+        removed.push(format!("unpinned {}", p.display()));
+    }
+    let _ = fs::remove_dir(&links);
+    let mut entries: Vec<_> = fs::read_dir(pin_dir).map_err(io_err(pin_dir))?.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            continue;
+        }
+        fs::remove_file(&p).map_err(io_err(&p))?;
+        removed.push(format!("unpinned map {}", p.file_name().unwrap_or_default().to_string_lossy()));
+    }
+    fs::remove_dir(pin_dir).map_err(io_err(pin_dir))?;
+    removed.push(format!("removed {}", pin_dir.display()));
+    Ok(removed)
+}
+
+/// Interface name of an ifindex in this network namespace.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+/// Ifindex of an interface name in this network namespace.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: c is NUL-terminated.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}

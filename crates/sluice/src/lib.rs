@@ -1,0 +1,12 @@
+//! sluice: eBPF traffic control and visibility for Linux hosts and their
+//! containers. This library holds everything the `sluice` binary does; the
+//! binary only parses the command line and prints.
+
+pub mod api;
+pub mod config;
+pub mod dataplane;
+pub mod firewall;
+pub mod rules;
+pub mod store;
+pub mod lab;
+pub mod watch;
