@@ -20,7 +20,11 @@ fn find_clang() -> String {
         .into_iter()
         .chain(["clang", "clang-19", "clang-16", "clang-15", "clang-14"].map(String::from));
     for c in candidates {
-        if Command::new(&c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(&c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return c;
         }
     }
@@ -35,7 +39,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CLANG");
 
     if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
-        fail("libbpf headers not found (/usr/include/bpf/bpf_helpers.h): install them with `apt-get install libbpf-dev`");
+        fail(
+            "libbpf headers not found (/usr/include/bpf/bpf_helpers.h): install them with `apt-get install libbpf-dev`",
+        );
     }
     if !Path::new("/usr/include/linux/bpf.h").exists() {
         fail("kernel UAPI headers not found (/usr/include/linux/bpf.h): install them with `apt-get install linux-libc-dev`");
@@ -59,7 +65,10 @@ fn main() {
         let obj = out.join(format!("{stem}.bpf.o"));
         let status = Command::new(&clang)
             .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
-            .arg(format!("-D__TARGET_ARCH_{}", if arch == "x86_64" { "x86" } else { "arm64" }))
+            .arg(format!(
+                "-D__TARGET_ARCH_{}",
+                if arch == "x86_64" { "x86" } else { "arm64" }
+            ))
             .arg(format!("-I{}", bpf_dir.join("include").display()))
             .arg(format!("-I/usr/include/{multiarch}"))
             .arg("-c")

@@ -126,15 +126,8 @@ pub mod stat {
     pub const L4_UNPARSED: u32 = 6;
     pub const COUNT: u32 = 7;
     /// Names used by `status` and the API, by index.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "pass",
-        "allow",
-        "deny",
-        "unparsed",
-        "non_ip",
-        "fragment",
-        "l4_unparsed",
-    ];
+    pub const NAMES: [&str; COUNT as usize] =
+        ["pass", "allow", "deny", "unparsed", "non_ip", "fragment", "l4_unparsed"];
 }
 
 /// Names in the compiled XDP object.
@@ -207,7 +200,8 @@ mod header_sync {
     use std::{string::String, vec::Vec};
 
     fn header_values() -> Vec<(String, i64)> {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bpf/include/sluice_abi.h")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bpf/include/sluice_abi.h")).unwrap();
         let mut out = Vec::new();
         for line in text.lines() {
             let l = line.trim();
@@ -232,7 +226,12 @@ mod header_sync {
     #[test]
     fn constants_match_the_c_header() {
         let h = header_values();
-        let get = |n: &str| h.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n} missing from header")).1;
+        let get = |n: &str| {
+            h.iter()
+                .find(|(k, _)| k == n)
+                .unwrap_or_else(|| panic!("{n} missing from header"))
+                .1
+        };
         assert_eq!(get("SLUICE_ABI_VERSION"), super::ABI_VERSION as i64);
         assert_eq!(get("SLUICE_DEFAULT_MAX_RULES"), super::DEFAULT_MAX_RULES as i64);
         assert_eq!(get("SLUICE_MAX_IPV6_EXT"), super::MAX_IPV6_EXT as i64);

@@ -23,8 +23,15 @@ pub const IPPROTO_DSTOPTS: u8 = 60;
 /// Transport layer of a crafted packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP echo request (ICMPv6 on IPv6).
     Echo,
 }
@@ -49,7 +56,15 @@ pub struct Packet {
 
 impl Packet {
     pub fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Self {
-        Self::new(src, dst, L4::Tcp { sport, dport, flags: 0x02 })
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags: 0x02,
+            },
+        )
     }
 
     pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Self {
@@ -169,7 +184,7 @@ impl Packet {
 
     fn ipv4(&self, f: &mut Vec<u8>, src: [u8; 4], dst: [u8; 4]) {
         let mut opts = self.ipv4_options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0); // End of options list
         }
         let hlen = 20 + opts.len();

@@ -22,7 +22,11 @@ use sluice::{
 use crate::{client::Client, daemon};
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about = "eBPF traffic control and visibility for Linux hosts and their containers")]
+#[command(
+    name = "sluice",
+    version,
+    about = "eBPF traffic control and visibility for Linux hosts and their containers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -173,18 +177,40 @@ async fn status(c: &ClientOpts) -> Result<()> {
     if c.json {
         return print_json(&s);
     }
-    println!("sluice {} (ABI {}), pid {}, up {}s", s.version, s.abi_version, s.pid, s.uptime_secs);
-    println!("managing: {}   pins: {}   state: {}", s.interface_globs.join(" "), s.pin_dir, s.state_dir);
+    println!(
+        "sluice {} (ABI {}), pid {}, up {}s",
+        s.version, s.abi_version, s.pid, s.uptime_secs
+    );
+    println!(
+        "managing: {}   pins: {}   state: {}",
+        s.interface_globs.join(" "),
+        s.pin_dir,
+        s.state_dir
+    );
     println!("\ninterfaces ({}):", s.interfaces.len());
     for i in &s.interfaces {
         let mode = serde_json::to_value(i.mode)?.as_str().unwrap_or("?").to_string();
-        println!("  {:<16} ifindex {:<6} xdp {}{}", i.name, i.ifindex, mode, if i.adopted { " (adopted)" } else { "" });
+        println!(
+            "  {:<16} ifindex {:<6} xdp {}{}",
+            i.name,
+            i.ifindex,
+            mode,
+            if i.adopted { " (adopted)" } else { "" }
+        );
     }
     println!("\nprograms:");
     for p in &s.programs {
-        println!("  {:<16} {:<5} id {}", p.name, p.kind, p.id.map_or("-".into(), |i| i.to_string()));
+        println!(
+            "  {:<16} {:<5} id {}",
+            p.name,
+            p.kind,
+            p.id.map_or("-".into(), |i| i.to_string())
+        );
     }
-    println!("\nrules: {} deny, {} allow (max {})", s.rules.deny, s.rules.allow, s.rules.max_rules);
+    println!(
+        "\nrules: {} deny, {} allow (max {})",
+        s.rules.deny, s.rules.allow, s.rules.max_rules
+    );
     println!("\npackets by verdict:");
     for name in sluice_abi::stat::NAMES {
         if let Some(v) = s.verdicts.get(name).or_else(|| s.notes.get(name)) {
@@ -195,7 +221,10 @@ async fn status(c: &ClientOpts) -> Result<()> {
 }
 
 fn print_rules(rules: &[RuleView]) {
-    println!("{:<8} {:<44} {:<4} {:>12} {:>14}  COMMENT", "ID", "CIDR", "DIR", "PACKETS", "BYTES");
+    println!(
+        "{:<8} {:<44} {:<4} {:>12} {:>14}  COMMENT",
+        "ID", "CIDR", "DIR", "PACKETS", "BYTES"
+    );
     for r in rules {
         println!(
             "{:<8} {:<44} {:<4} {:>12} {:>14}  {}",
@@ -213,11 +242,20 @@ async fn rules(action: Action, op: RuleOp) -> Result<()> {
     let base = format!("/v1/{}", action.as_str());
     match op {
         RuleOp::Add { cidr, dst, comment, c } => {
-            let r: RuleView = Client::new(&c.socket).post(&base, &RuleRequest { cidr, dst, comment }).await?;
+            let r: RuleView = Client::new(&c.socket)
+                .post(&base, &RuleRequest { cidr, dst, comment })
+                .await?;
             if c.json {
                 return print_json(&r);
             }
-            println!("added {} rule {}: {} {}{}", r.action, r.id, r.direction, r.cidr, r.comment.map(|c| format!(" ({c})")).unwrap_or_default());
+            println!(
+                "added {} rule {}: {} {}{}",
+                r.action,
+                r.id,
+                r.direction,
+                r.cidr,
+                r.comment.map(|c| format!(" ({c})")).unwrap_or_default()
+            );
         }
         RuleOp::Del { target, dst, c } => {
             let path = match target.parse::<i64>() {
@@ -247,11 +285,20 @@ async fn rules(action: Action, op: RuleOp) -> Result<()> {
     Ok(())
 }
 
-async fn import(action: Action, base: &str, file: &PathBuf, dst: bool, comment: Option<String>, c: &ClientOpts) -> Result<()> {
+async fn import(
+    action: Action,
+    base: &str,
+    file: &PathBuf,
+    dst: bool,
+    comment: Option<String>,
+    c: &ClientOpts,
+) -> Result<()> {
     let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?))
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        ))
     };
     // Validate everything first: nothing is sent if any line is bad.
     let mut reqs = Vec::new();
@@ -261,8 +308,13 @@ async fn import(action: Action, base: &str, file: &PathBuf, dst: bool, comment: 
         if cidr.is_empty() {
             continue;
         }
-        RuleSpec::new(action, cidr, dst, comment.clone()).with_context(|| format!("{} line {}", file.display(), n + 1))?;
-        reqs.push(RuleRequest { cidr: cidr.to_string(), dst, comment: comment.clone() });
+        RuleSpec::new(action, cidr, dst, comment.clone())
+            .with_context(|| format!("{} line {}", file.display(), n + 1))?;
+        reqs.push(RuleRequest {
+            cidr: cidr.to_string(),
+            dst,
+            comment: comment.clone(),
+        });
     }
     if reqs.is_empty() {
         bail!("{} holds no CIDRs", file.display());
@@ -281,7 +333,11 @@ async fn import(action: Action, base: &str, file: &PathBuf, dst: bool, comment: 
             match client.post::<_, Vec<RuleView>>(base, &chunk).await {
                 Ok(v) => added.extend(v),
                 Err(e) => {
-                    eprintln!("import failed after {} of {total} rules: {e}; removing the {} already added", added.len(), added.len());
+                    eprintln!(
+                        "import failed after {} of {total} rules: {e}; removing the {} already added",
+                        added.len(),
+                        added.len()
+                    );
                     for r in &added {
                         let _: Result<RuleView> = client.delete(&format!("{base}/{}", r.id)).await;
                     }
@@ -300,7 +356,12 @@ async fn import(action: Action, base: &str, file: &PathBuf, dst: bool, comment: 
         return print_json(&added);
     }
     eprintln!();
-    println!("imported {} {} rules in {:.2?}", added.len(), action.as_str(), started.elapsed());
+    println!(
+        "imported {} {} rules in {:.2?}",
+        added.len(),
+        action.as_str(),
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -318,10 +379,22 @@ fn lab(op: LabOp) -> Result<()> {
             }
             let (a, b) = (lab.host('a'), lab.host('b'));
             println!("\nsend traffic:");
-            println!("  nsenter --net=/run/netns/{} ping -c3 {}      # a -> host", a.netns, a.host_v4);
-            println!("  nsenter --net=/run/netns/{} ping -c3 {}      # a -> b, routed by the host", a.netns, b.ns_v4);
-            println!("  nsenter --net=/run/netns/{} ping -c3 {}   # IPv6 a -> host", a.netns, a.host_v6);
-            println!("then: sluice deny add {}   and try again; `sluice lab down` removes the lab", a.ns_v4);
+            println!(
+                "  nsenter --net=/run/netns/{} ping -c3 {}      # a -> host",
+                a.netns, a.host_v4
+            );
+            println!(
+                "  nsenter --net=/run/netns/{} ping -c3 {}      # a -> b, routed by the host",
+                a.netns, b.ns_v4
+            );
+            println!(
+                "  nsenter --net=/run/netns/{} ping -c3 {}   # IPv6 a -> host",
+                a.netns, a.host_v6
+            );
+            println!(
+                "then: sluice deny add {}   and try again; `sluice lab down` removes the lab",
+                a.ns_v4
+            );
         }
         LabOp::Down => {
             lab.down()?;

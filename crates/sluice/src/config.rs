@@ -17,7 +17,10 @@ pub enum ConfigError {
     #[error("reading config {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("interface glob {glob:?}: {source}")]
     Glob { glob: String, source: globset::Error },
     #[error("{0}")]
@@ -54,24 +57,45 @@ impl Default for Config {
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else { return Ok(Config::default()) };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interfaces.is_empty() {
-            return Err(ConfigError::Invalid("no interface globs: give at least one (default veth*)".into()));
+            return Err(ConfigError::Invalid(
+                "no interface globs: give at least one (default veth*)".into(),
+            ));
         }
         self.matcher()?;
         if !(1..=1 << 24).contains(&self.max_rules) {
-            return Err(ConfigError::Invalid(format!("max_rules {} is out of range 1..=16777216", self.max_rules)));
+            return Err(ConfigError::Invalid(format!(
+                "max_rules {} is out of range 1..=16777216",
+                self.max_rules
+            )));
         }
         if !self.pin_dir.is_absolute() || self.pin_dir.parent().is_none() {
-            return Err(ConfigError::Invalid(format!("pin_dir {} must be an absolute path below a bpffs mount", self.pin_dir.display())));
+            return Err(ConfigError::Invalid(format!(
+                "pin_dir {} must be an absolute path below a bpffs mount",
+                self.pin_dir.display()
+            )));
         }
         // bpffs refuses names with dots; catch it here with a clear message.
-        if self.pin_dir.components().any(|c| c.as_os_str().to_string_lossy().contains('.')) {
-            return Err(ConfigError::Invalid(format!("pin_dir {} must not contain '.' (bpffs refuses such names)", self.pin_dir.display())));
+        if self
+            .pin_dir
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().contains('.'))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "pin_dir {} must not contain '.' (bpffs refuses such names)",
+                self.pin_dir.display()
+            )));
         }
         Ok(())
     }
@@ -81,11 +105,19 @@ impl Config {
         let mut b = GlobSetBuilder::new();
         for g in &self.interfaces {
             if g.is_empty() || g.len() > 64 || g.contains('/') {
-                return Err(ConfigError::Invalid(format!("interface glob {g:?} is not a valid interface pattern")));
+                return Err(ConfigError::Invalid(format!(
+                    "interface glob {g:?} is not a valid interface pattern"
+                )));
             }
-            b.add(Glob::new(g).map_err(|source| ConfigError::Glob { glob: g.clone(), source })?);
+            b.add(Glob::new(g).map_err(|source| ConfigError::Glob {
+                glob: g.clone(),
+                source,
+            })?);
         }
-        b.build().map_err(|source| ConfigError::Glob { glob: self.interfaces.join(","), source })
+        b.build().map_err(|source| ConfigError::Glob {
+            glob: self.interfaces.join(","),
+            source,
+        })
     }
 }
 
@@ -118,7 +150,10 @@ mod tests {
 
     #[test]
     fn validation_errors() {
-        let mut c = Config { max_rules: 0, ..Config::default() };
+        let mut c = Config {
+            max_rules: 0,
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
         c.max_rules = 10;
         c.interfaces = vec!["[".into()];

@@ -36,13 +36,22 @@ fn lock_path(state_dir: &Path) -> PathBuf {
 
 fn take_lock(state_dir: &Path) -> Result<PidLock> {
     let path = lock_path(state_dir);
-    let mut f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut pid = String::new();
         let _ = f.read_to_string(&mut pid);
-        bail!("another sluice daemon is running (pid {}) with state dir {}", pid.trim(), state_dir.display());
+        bail!(
+            "another sluice daemon is running (pid {}) with state dir {}",
+            pid.trim(),
+            state_dir.display()
+        );
     }
     f.set_len(0)?;
     f.rewind()?;
@@ -63,10 +72,16 @@ fn running_pid(state_dir: &Path) -> Option<i32> {
 }
 
 fn raise_memlock() {
-    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain setrlimit with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK ({}); fine on kernels with memcg accounting", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels with memcg accounting",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -111,7 +126,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     let watcher = Watcher::new(dp.clone(), matcher).start().await?;
     {
         let dp = dp.lock().unwrap();
-        let ifs: Vec<String> = dp.attachments().map(|a| format!("{}({:?}{})", a.name, a.mode, if a.adopted { ", adopted" } else { "" }).to_lowercase()).collect();
+        let ifs: Vec<String> = dp
+            .attachments()
+            .map(|a| format!("{}({:?}{})", a.name, a.mode, if a.adopted { ", adopted" } else { "" }).to_lowercase())
+            .collect();
         tracing::info!(interfaces = %ifs.join(" "), globs = %cfg.interfaces.join(","), "XDP firewall attached in {:?}", t0.elapsed());
     }
 
@@ -125,7 +143,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         state_dir: cfg.state_dir.display().to_string(),
     });
     tracing::info!(socket = %cfg.socket.display(), "serving the API; `sluice status` to check, Ctrl-C to stop");
-    axum::serve(listener, api::app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, api::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     watcher.abort();
     let _ = fs::remove_file(&cfg.socket);
     tracing::info!(
@@ -161,11 +181,17 @@ pub fn down(state_dir: &Path, pin_dir: &Path) -> Result<()> {
     }
     let removed = dataplane::teardown(pin_dir)?;
     if removed.is_empty() {
-        println!("nothing pinned in {}: the dataplane was already down", pin_dir.display());
+        println!(
+            "nothing pinned in {}: the dataplane was already down",
+            pin_dir.display()
+        );
     }
     for line in removed {
         println!("{line}");
     }
-    println!("rules are kept in {}; `sluice run` restores them", state_dir.join("sluice.db").display());
+    println!(
+        "rules are kept in {}; `sluice run` restores them",
+        state_dir.join("sluice.db").display()
+    );
     Ok(())
 }

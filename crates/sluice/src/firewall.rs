@@ -100,7 +100,10 @@ impl Firewall {
     }
 
     fn mask(&self) -> u32 {
-        FwTable::ALL.iter().filter(|t| self.per_table[**t as usize] > 0).fold(0, |m, t| m | t.bit())
+        FwTable::ALL
+            .iter()
+            .filter(|t| self.per_table[**t as usize] > 0)
+            .fold(0, |m, t| m | t.bit())
     }
 
     fn reconcile(&mut self) -> Result<Reconciled, FwError> {
@@ -151,7 +154,10 @@ impl Firewall {
         let mut seen = HashSet::new();
         for s in &specs {
             if let Some(id) = self.by_key.get(&s.key()) {
-                return Err(FwError::Duplicate { what: s.key().describe(), id: *id });
+                return Err(FwError::Duplicate {
+                    what: s.key().describe(),
+                    id: *id,
+                });
             }
             if !seen.insert(s.key()) {
                 return Err(FwError::DuplicateInRequest(s.key().describe()));
@@ -159,7 +165,11 @@ impl Firewall {
         }
         let capacity = self.tables.capacity();
         if self.rules.len() + specs.len() > capacity as usize {
-            return Err(FwError::Full { used: self.rules.len(), capacity, wanted: specs.len() });
+            return Err(FwError::Full {
+                used: self.rules.len(),
+                capacity,
+                wanted: specs.len(),
+            });
         }
         let created = now();
         let slots = self.alloc_slots(specs.len());
@@ -168,7 +178,12 @@ impl Firewall {
             Ok(ids) => {
                 let mut out = Vec::with_capacity(ids.len());
                 for ((spec, slot), id) in specs.into_iter().zip(slots).zip(ids) {
-                    let r = Rule { id, slot, spec, created };
+                    let r = Rule {
+                        id,
+                        slot,
+                        spec,
+                        created,
+                    };
                     out.push(r.clone());
                     self.index(r);
                 }
@@ -200,7 +215,9 @@ impl Firewall {
             }
             tables.set_mask(mask)
         })();
-        let committed = kernel.map_err(FwError::from).and_then(|_| tx.commit().map_err(FwError::from));
+        let committed = kernel
+            .map_err(FwError::from)
+            .and_then(|_| tx.commit().map_err(FwError::from));
         if let Err(e) = committed {
             for (t, k) in written {
                 if let Err(re) = self.tables.remove(t, k) {
@@ -217,7 +234,14 @@ impl Firewall {
     pub fn delete(&mut self, action: Action, sel: &Selector) -> Result<Rule, FwError> {
         let id = match sel {
             Selector::Id(id) => self.rules.get(id).filter(|r| r.spec.action == action).map(|r| r.id),
-            Selector::Cidr { cidr, dir } => self.by_key.get(&RuleKey { action, dir: *dir, cidr: *cidr }).copied(),
+            Selector::Cidr { cidr, dir } => self
+                .by_key
+                .get(&RuleKey {
+                    action,
+                    dir: *dir,
+                    cidr: *cidr,
+                })
+                .copied(),
         }
         .ok_or_else(|| FwError::NotFound {
             action: action.as_str(),
@@ -264,7 +288,9 @@ impl Firewall {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
@@ -277,13 +303,20 @@ mod tests {
     }
 
     fn fw(cap: u32) -> Firewall {
-        Firewall::open(Store::in_memory().unwrap(), Box::new(MemTables::new(cap))).unwrap().0
+        Firewall::open(Store::in_memory().unwrap(), Box::new(MemTables::new(cap)))
+            .unwrap()
+            .0
     }
 
     #[test]
     fn add_list_delete_keeps_mask_and_slots() {
         let mut f = fw(10);
-        let r = f.add(vec![spec(Action::Deny, "198.18.1.0/24", false), spec(Action::Allow, "2001:2::/48", true)]).unwrap();
+        let r = f
+            .add(vec![
+                spec(Action::Deny, "198.18.1.0/24", false),
+                spec(Action::Allow, "2001:2::/48", true),
+            ])
+            .unwrap();
         assert_eq!(r.len(), 2);
         assert_ne!(r[0].slot, r[1].slot);
         assert_eq!(f.mask(), FwTable::DenySrc4.bit() | FwTable::AllowDst6.bit());
@@ -300,30 +333,55 @@ mod tests {
     fn duplicates_are_refused_and_nothing_changes() {
         let mut f = fw(10);
         f.add(vec![spec(Action::Deny, "10.0.0.0/8", false)]).unwrap();
-        let e = f.add(vec![spec(Action::Deny, "11.0.0.0/8", false), spec(Action::Deny, "10.0.0.0/8", false)]).unwrap_err();
+        let e = f
+            .add(vec![
+                spec(Action::Deny, "11.0.0.0/8", false),
+                spec(Action::Deny, "10.0.0.0/8", false),
+            ])
+            .unwrap_err();
         assert!(matches!(e, FwError::Duplicate { .. }), "{e}");
-        let e = f.add(vec![spec(Action::Deny, "12.0.0.0/8", false), spec(Action::Deny, "12.0.0.0/8", false)]).unwrap_err();
+        let e = f
+            .add(vec![
+                spec(Action::Deny, "12.0.0.0/8", false),
+                spec(Action::Deny, "12.0.0.0/8", false),
+            ])
+            .unwrap_err();
         assert!(matches!(e, FwError::DuplicateInRequest(_)), "{e}");
         assert_eq!(f.count(Action::Deny), 1);
         // Same CIDR as allow, or as --dst, is a different rule.
-        f.add(vec![spec(Action::Allow, "10.0.0.0/8", false), spec(Action::Deny, "10.0.0.0/8", true)]).unwrap();
+        f.add(vec![
+            spec(Action::Allow, "10.0.0.0/8", false),
+            spec(Action::Deny, "10.0.0.0/8", true),
+        ])
+        .unwrap();
     }
 
     #[test]
     fn full_table_is_refused_up_front() {
         let mut f = fw(2);
         f.add(vec![spec(Action::Deny, "10.0.0.0/8", false)]).unwrap();
-        let e = f.add(vec![spec(Action::Deny, "11.0.0.0/8", false), spec(Action::Deny, "12.0.0.0/8", false)]).unwrap_err();
-        assert!(matches!(e, FwError::Full { used: 1, capacity: 2, wanted: 2 }), "{e}");
+        let e = f
+            .add(vec![
+                spec(Action::Deny, "11.0.0.0/8", false),
+                spec(Action::Deny, "12.0.0.0/8", false),
+            ])
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FwError::Full {
+                    used: 1,
+                    capacity: 2,
+                    wanted: 2
+                }
+            ),
+            "{e}"
+        );
         assert_eq!(f.count(Action::Deny), 1);
     }
 
     #[test]
     fn kernel_failure_rolls_back_store_and_maps() {
-        let mut tables = MemTables::new(10);
-        tables.fail_next_insert = false;
-        let (mut f, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(tables)).unwrap();
-        f.add(vec![spec(Action::Deny, "10.0.0.0/8", false)]).unwrap();
         // Fail the second insert of a batch of two: the first must be undone.
         struct Flaky(MemTables, usize);
         impl Tables for Flaky {
@@ -357,7 +415,12 @@ mod tests {
             }
         }
         let (mut f, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(Flaky(MemTables::new(10), 0))).unwrap();
-        assert!(f.add(vec![spec(Action::Deny, "10.0.0.0/8", false), spec(Action::Deny, "11.0.0.0/8", false)]).is_err());
+        assert!(f
+            .add(vec![
+                spec(Action::Deny, "10.0.0.0/8", false),
+                spec(Action::Deny, "11.0.0.0/8", false)
+            ])
+            .is_err());
         assert_eq!(f.count(Action::Deny), 0);
         assert!(f.store.rules().unwrap().is_empty());
         assert!(f.tables.entries(FwTable::DenySrc4).unwrap().is_empty());
@@ -373,10 +436,27 @@ mod tests {
         tx.commit().unwrap();
         let mut t = MemTables::new(10);
         // Kept: matching entry. Stale: a key the store does not know.
-        t.insert(FwTable::DenySrc4, LpmKey::from("10.0.0.0/8".parse::<Cidr>().unwrap()), 3).unwrap();
-        t.insert(FwTable::DenySrc4, LpmKey::from("99.0.0.0/8".parse::<Cidr>().unwrap()), 9).unwrap();
+        t.insert(
+            FwTable::DenySrc4,
+            LpmKey::from("10.0.0.0/8".parse::<Cidr>().unwrap()),
+            3,
+        )
+        .unwrap();
+        t.insert(
+            FwTable::DenySrc4,
+            LpmKey::from("99.0.0.0/8".parse::<Cidr>().unwrap()),
+            9,
+        )
+        .unwrap();
         let (f, rec) = Firewall::open(store, Box::new(t)).unwrap();
-        assert_eq!(rec, Reconciled { kept: 1, added: 1, removed: 1 });
+        assert_eq!(
+            rec,
+            Reconciled {
+                kept: 1,
+                added: 1,
+                removed: 1
+            }
+        );
         assert_eq!(f.mask(), FwTable::DenySrc4.bit() | FwTable::AllowSrc4.bit());
         assert_eq!(f.next_slot, 5);
         assert_eq!(f.free_slots, vec![2, 1, 0]);
@@ -388,9 +468,15 @@ mod tests {
         let r = f.add(vec![spec(Action::Deny, "198.18.1.2/32", false)]).unwrap();
         let e = f.delete(Action::Allow, &Selector::Id(r[0].id)).unwrap_err();
         assert!(matches!(e, FwError::NotFound { .. }));
-        let sel = Selector::Cidr { cidr: "198.18.1.2".parse().unwrap(), dir: Direction::Dst };
+        let sel = Selector::Cidr {
+            cidr: "198.18.1.2".parse().unwrap(),
+            dir: Direction::Dst,
+        };
         assert!(f.delete(Action::Deny, &sel).is_err());
-        let sel = Selector::Cidr { cidr: "198.18.1.2".parse().unwrap(), dir: Direction::Src };
+        let sel = Selector::Cidr {
+            cidr: "198.18.1.2".parse().unwrap(),
+            dir: Direction::Src,
+        };
         assert_eq!(f.delete(Action::Deny, &sel).unwrap().id, r[0].id);
         assert_eq!(f.count(Action::Deny), 0);
     }

@@ -44,9 +44,18 @@ pub struct Lab {
 
 fn run(args: &[&str]) -> Result<Output, LabError> {
     let cmd = args.join(" ");
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|source| LabError::Spawn { cmd: cmd.clone(), source })?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|source| LabError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(LabError::Command { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(LabError::Command {
+            cmd,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(out)
 }
@@ -66,10 +75,14 @@ impl Lab {
     /// host interfaces `{if_prefix}{name}-a`, ...; `number` picks the subnets.
     pub fn new(name: &str, if_prefix: &str, number: u8, hosts: usize) -> Result<Self, LabError> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(LabError::Invalid(format!("lab name {name:?} must be letters, digits and '-'")));
+            return Err(LabError::Invalid(format!(
+                "lab name {name:?} must be letters, digits and '-'"
+            )));
         }
         if if_prefix.len() + name.len() + 2 > 15 {
-            return Err(LabError::Invalid(format!("lab name {name:?} is too long for interface names")));
+            return Err(LabError::Invalid(format!(
+                "lab name {name:?} is too long for interface names"
+            )));
         }
         if number > 120 || !(1..=2).contains(&hosts) {
             return Err(LabError::Invalid("lab number must be <= 120 and hosts 1 or 2".into()));
@@ -126,7 +139,19 @@ impl LabHost {
             run(&["ip", "netns", "add", ns])?;
         }
         if !exists_if(&self.host_if) {
-            run(&["ip", "link", "add", &self.host_if, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+            run(&[
+                "ip",
+                "link",
+                "add",
+                &self.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            ])?;
         }
         let (h4, n4) = (format!("{}/24", self.host_v4), format!("{}/24", self.ns_v4));
         let (h6, n6) = (format!("{}/64", self.host_v6), format!("{}/64", self.ns_v6));
@@ -144,7 +169,10 @@ impl LabHost {
         // Route between lab hosts through the host, for IPv4, on these
         // interfaces only: the host's global ip_forward is left alone.
         let fwd = format!("/proc/sys/net/ipv4/conf/{hi}/forwarding");
-        std::fs::write(&fwd, "1").map_err(|e| LabError::Command { cmd: format!("write {fwd}"), stderr: e.to_string() })?;
+        std::fs::write(&fwd, "1").map_err(|e| LabError::Command {
+            cmd: format!("write {fwd}"),
+            stderr: e.to_string(),
+        })?;
         Ok(())
     }
 
@@ -160,7 +188,10 @@ impl LabHost {
         let mut v = vec!["nsenter", net.as_str(), "--"];
         v.extend_from_slice(args);
         let cmd = v.join(" ");
-        Command::new(v[0]).args(&v[1..]).output().map_err(|source| LabError::Spawn { cmd, source })
+        Command::new(v[0])
+            .args(&v[1..])
+            .output()
+            .map_err(|source| LabError::Spawn { cmd, source })
     }
 
     /// Runs `f` on a thread that has entered this namespace: sockets it

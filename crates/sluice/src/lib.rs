@@ -6,7 +6,7 @@ pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod firewall;
+pub mod lab;
 pub mod rules;
 pub mod store;
-pub mod lab;
 pub mod watch;

@@ -21,7 +21,12 @@ pub enum RuleError {
     #[error("invalid CIDR {0:?}: expected an IPv4/IPv6 address or ADDR/PREFIX, e.g. 198.18.1.0/24 or 2001:2::/48")]
     Syntax(String),
     #[error("invalid CIDR {input:?}: prefix length {len} is out of range (max {max} for IPv{family})")]
-    PrefixLen { input: String, len: u32, max: u8, family: u8 },
+    PrefixLen {
+        input: String,
+        len: u32,
+        max: u8,
+        family: u8,
+    },
     #[error("CIDR {input:?} has host bits set; did you mean {network}?")]
     HostBits { input: String, network: IpNet },
     #[error("CIDR {0:?} is an IPv4-mapped IPv6 address; write the IPv4 form instead")]
@@ -141,7 +146,10 @@ impl FromStr for Cidr {
         }
         let net = IpNet::new(addr, len as u8).map_err(|_| syntax())?;
         if net.network() != addr {
-            return Err(RuleError::HostBits { input: input.to_string(), network: net.trunc() });
+            return Err(RuleError::HostBits {
+                input: input.to_string(),
+                network: net.trunc(),
+            });
         }
         Ok(Cidr(net))
     }
@@ -193,7 +201,12 @@ impl RuleSpec {
         if let Some(c) = &comment {
             validate_comment(c)?;
         }
-        Ok(RuleSpec { action, cidr, dir: if dst { Direction::Dst } else { Direction::Src }, comment })
+        Ok(RuleSpec {
+            action,
+            cidr,
+            dir: if dst { Direction::Dst } else { Direction::Src },
+            comment,
+        })
     }
 
     pub fn table(&self) -> FwTable {
@@ -202,7 +215,11 @@ impl RuleSpec {
 
     /// The identity of a rule: one rule per (action, direction, CIDR).
     pub fn key(&self) -> RuleKey {
-        RuleKey { action: self.action, dir: self.dir, cidr: self.cidr }
+        RuleKey {
+            action: self.action,
+            dir: self.dir,
+            cidr: self.cidr,
+        }
     }
 }
 
@@ -238,8 +255,14 @@ pub enum LpmKey {
 impl From<Cidr> for LpmKey {
     fn from(c: Cidr) -> Self {
         match c.0 {
-            IpNet::V4(n) => LpmKey::V4(LpmV4Key { prefixlen: n.prefix_len() as u32, addr: n.network().octets() }),
-            IpNet::V6(n) => LpmKey::V6(LpmV6Key { prefixlen: n.prefix_len() as u32, addr: n.network().octets() }),
+            IpNet::V4(n) => LpmKey::V4(LpmV4Key {
+                prefixlen: n.prefix_len() as u32,
+                addr: n.network().octets(),
+            }),
+            IpNet::V6(n) => LpmKey::V6(LpmV6Key {
+                prefixlen: n.prefix_len() as u32,
+                addr: n.network().octets(),
+            }),
         }
     }
 }
@@ -269,14 +292,32 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_prefixes() {
-        assert!(matches!(err("10.0.0.0/33"), RuleError::PrefixLen { len: 33, max: 32, .. }));
-        assert!(matches!(err("2001:2::/129"), RuleError::PrefixLen { len: 129, max: 128, .. }));
+        assert!(matches!(
+            err("10.0.0.0/33"),
+            RuleError::PrefixLen { len: 33, max: 32, .. }
+        ));
+        assert!(matches!(
+            err("2001:2::/129"),
+            RuleError::PrefixLen { len: 129, max: 128, .. }
+        ));
         assert!(matches!(err("10.0.0.0/99999999999"), RuleError::Syntax(_)));
     }
 
     #[test]
     fn rejects_garbage() {
-        for s in ["abc", "", "/8", "10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/8/8", "10.0.0/8", "1.2.3.4.5", "10.0.0.0/ 8", "fe80::1%eth0"] {
+        for s in [
+            "abc",
+            "",
+            "/8",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "10.0.0.0/+8",
+            "10.0.0.0/8/8",
+            "10.0.0/8",
+            "1.2.3.4.5",
+            "10.0.0.0/ 8",
+            "fe80::1%eth0",
+        ] {
             assert!(matches!(err(s), RuleError::Syntax(_)), "{s:?} should be a syntax error");
         }
     }
@@ -287,7 +328,10 @@ mod tests {
             RuleError::HostBits { network, .. } => assert_eq!(network.to_string(), "10.0.0.0/8"),
             e => panic!("unexpected {e:?}"),
         }
-        assert_eq!(err("2001:2::1/48").to_string(), "CIDR \"2001:2::1/48\" has host bits set; did you mean 2001:2::/48?");
+        assert_eq!(
+            err("2001:2::1/48").to_string(),
+            "CIDR \"2001:2::1/48\" has host bits set; did you mean 2001:2::/48?"
+        );
     }
 
     #[test]
@@ -302,8 +346,16 @@ mod tests {
             RuleSpec::new(Action::Deny, "10.0.0.0/8", false, Some("x".repeat(MAX_COMMENT + 1))).unwrap_err(),
             RuleError::CommentTooLong(MAX_COMMENT + 1)
         );
-        assert_eq!(RuleSpec::new(Action::Deny, "10.0.0.0/8", false, Some("a\nb".into())).unwrap_err(), RuleError::CommentControl);
-        assert_eq!(RuleSpec::new(Action::Deny, "10.0.0.0/8", false, Some(String::new())).unwrap().comment, None);
+        assert_eq!(
+            RuleSpec::new(Action::Deny, "10.0.0.0/8", false, Some("a\nb".into())).unwrap_err(),
+            RuleError::CommentControl
+        );
+        assert_eq!(
+            RuleSpec::new(Action::Deny, "10.0.0.0/8", false, Some(String::new()))
+                .unwrap()
+                .comment,
+            None
+        );
     }
 
     #[test]
@@ -312,6 +364,12 @@ mod tests {
         assert_eq!(r.table(), FwTable::AllowDst6);
         let r = RuleSpec::new(Action::Deny, "198.18.1.0/24", false, None).unwrap();
         assert_eq!(r.table(), FwTable::DenySrc4);
-        assert_eq!(LpmKey::from(r.cidr), LpmKey::V4(LpmV4Key { prefixlen: 24, addr: [198, 18, 1, 0] }));
+        assert_eq!(
+            LpmKey::from(r.cidr),
+            LpmKey::V4(LpmV4Key {
+                prefixlen: 24,
+                addr: [198, 18, 1, 0]
+            })
+        );
     }
 }

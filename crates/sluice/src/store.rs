@@ -49,7 +49,10 @@ impl Store {
     /// Opens (creating if needed) `sluice.db` in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("sluice.db");
-        let conn = Connection::open(&path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::init(conn)
     }
 
@@ -62,7 +65,9 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // A garbage file fails here ("file is not a database").
         let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| StoreError::Foreign(e.to_string()))?;
         if tables > 0 {
             let has_meta: bool = conn.query_row(
@@ -94,7 +99,9 @@ impl Store {
 
     /// Every firewall rule, ordered by id.
     pub fn rules(&self) -> Result<Vec<Rule>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id, action, dir, cidr, slot, comment, created FROM fw_rules ORDER BY id")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, action, dir, cidr, slot, comment, created FROM fw_rules ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -117,14 +124,21 @@ impl Store {
                 comment,
             };
             let slot = u32::try_from(slot).map_err(|_| bad(format!("slot {slot} out of range")))?;
-            out.push(Rule { id, slot, spec, created });
+            out.push(Rule {
+                id,
+                slot,
+                spec,
+                created,
+            });
         }
         Ok(out)
     }
 
     /// Starts a transaction; rules are written through [`StoreTx`].
     pub fn begin(&mut self) -> Result<StoreTx<'_>, StoreError> {
-        Ok(StoreTx { tx: self.conn.transaction()? })
+        Ok(StoreTx {
+            tx: self.conn.transaction()?,
+        })
     }
 }
 
@@ -150,7 +164,10 @@ impl StoreTx<'_> {
     }
 
     pub fn delete(&self, id: i64) -> Result<bool, StoreError> {
-        let n = self.tx.prepare_cached("DELETE FROM fw_rules WHERE id = ?1")?.execute(params![id])?;
+        let n = self
+            .tx
+            .prepare_cached("DELETE FROM fw_rules WHERE id = ?1")?
+            .execute(params![id])?;
         Ok(n == 1)
     }
 
@@ -223,15 +240,24 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.rules().unwrap()[0].slot, 7);
-        s.conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+        s.conn
+            .execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", [])
+            .unwrap();
         drop(s);
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::Version { found: 99 })));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Version { found: 99 })
+        ));
     }
 
     #[test]
     fn refuses_a_corrupt_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("sluice.db"), b"this is not sqlite, just some bytes that go on for a while....").unwrap();
+        std::fs::write(
+            dir.path().join("sluice.db"),
+            b"this is not sqlite, just some bytes that go on for a while....",
+        )
+        .unwrap();
         assert!(matches!(Store::open(dir.path()), Err(StoreError::Foreign(_))));
     }
 }

@@ -33,14 +33,20 @@ impl Fixture {
         let pins = PinDir::new("run");
         let (dp, tables) = Dataplane::load(&pins.0, 1024).expect("load XDP object");
         let (mut fw, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(tables)).unwrap();
-        let specs = rules.iter().map(|(a, c, dst)| RuleSpec::new(*a, c, *dst, None).unwrap()).collect();
+        let specs = rules
+            .iter()
+            .map(|(a, c, dst)| RuleSpec::new(*a, c, *dst, None).unwrap())
+            .collect();
         fw.add(specs).unwrap();
         Fixture { dp, fw, _pins: pins }
     }
 
     fn run(&mut self, frame: &[u8]) -> u32 {
         let prog = self.dp.xdp();
-        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        };
         prog.test_run(opts).expect("test_run").return_value
     }
 
@@ -53,7 +59,9 @@ impl Fixture {
         let before = self.stats();
         let v = self.run(frame);
         let after = self.stats();
-        let moved = (0..stat::COUNT).filter(|i| after[*i as usize].packets != before[*i as usize].packets).collect();
+        let moved = (0..stat::COUNT)
+            .filter(|i| after[*i as usize].packets != before[*i as usize].packets)
+            .collect();
         (v, moved)
     }
 
@@ -119,12 +127,30 @@ fn allow_wins_over_deny_and_counts_bytes() {
     ]);
     let frame = tcp("198.18.1.2", "198.18.2.2").build();
     assert_eq!(f.run_counted(&frame), (XDP_PASS, vec![stat::ALLOW]));
-    assert_eq!(f.run_counted(&tcp("198.18.1.3", "198.18.2.2").build()), (XDP_DROP, vec![stat::DENY]));
-    assert_eq!(f.run_counted(&tcp("2001:db8::1", "2001:2::1").build()), (XDP_PASS, vec![stat::ALLOW]));
-    assert_eq!(f.run_counted(&tcp("2001:db8::1", "2001:db8::2").build()), (XDP_DROP, vec![stat::DENY]));
+    assert_eq!(
+        f.run_counted(&tcp("198.18.1.3", "198.18.2.2").build()),
+        (XDP_DROP, vec![stat::DENY])
+    );
+    assert_eq!(
+        f.run_counted(&tcp("2001:db8::1", "2001:2::1").build()),
+        (XDP_PASS, vec![stat::ALLOW])
+    );
+    assert_eq!(
+        f.run_counted(&tcp("2001:db8::1", "2001:db8::2").build()),
+        (XDP_DROP, vec![stat::DENY])
+    );
     let allow = f.fw.list(Action::Allow).unwrap();
-    let v4_allow = allow.iter().find(|(r, _)| r.spec.cidr.to_string() == "198.18.1.2/32").unwrap();
-    assert_eq!(v4_allow.1, Counter { packets: 1, bytes: frame.len() as u64 });
+    let v4_allow = allow
+        .iter()
+        .find(|(r, _)| r.spec.cidr.to_string() == "198.18.1.2/32")
+        .unwrap();
+    assert_eq!(
+        v4_allow.1,
+        Counter {
+            packets: 1,
+            bytes: frame.len() as u64
+        }
+    );
 }
 
 #[test]
@@ -156,9 +182,14 @@ fn ipv4_options_and_fragments() {
 
     // A non-first fragment has no L4 header: still matched by address,
     // counted as a fragment, and its payload is never read as ports.
-    let frag = tcp("198.18.1.2", "198.18.2.2").with_frag_offset(185).with_payload(&[0xab; 64]).build();
+    let frag = tcp("198.18.1.2", "198.18.2.2")
+        .with_frag_offset(185)
+        .with_payload(&[0xab; 64])
+        .build();
     assert_eq!(f.run_counted(&frag), (XDP_DROP, vec![stat::DENY, stat::FRAGMENT]));
-    let frag6 = Packet::udp(ip("2001:2::5"), ip("2001:2::6"), 1, 2).with_ipv6_ext(&[packet::IPPROTO_FRAGMENT]).build();
+    let frag6 = Packet::udp(ip("2001:2::5"), ip("2001:2::6"), 1, 2)
+        .with_ipv6_ext(&[packet::IPPROTO_FRAGMENT])
+        .build();
     // First fragment (offset 0): L4 is parsed normally.
     assert_eq!(f.run_counted(&frag6), (XDP_PASS, vec![stat::PASS]));
 }
@@ -177,7 +208,11 @@ fn every_truncation_of_tcp_ipv4_and_ipv6() {
             if len < l3_end {
                 assert_eq!((v, moved), (XDP_PASS, vec![stat::UNPARSED]), "len {len} of {full}");
             } else if len < full {
-                assert_eq!((v, moved), (XDP_DROP, vec![stat::DENY, stat::L4_UNPARSED]), "len {len} of {full}");
+                assert_eq!(
+                    (v, moved),
+                    (XDP_DROP, vec![stat::DENY, stat::L4_UNPARSED]),
+                    "len {len} of {full}"
+                );
             } else {
                 assert_eq!((v, moved), (XDP_DROP, vec![stat::DENY]), "len {len} of {full}");
             }
@@ -189,7 +224,15 @@ fn every_truncation_of_tcp_ipv4_and_ipv6() {
 fn ipv6_extension_chains_within_and_beyond_the_bound() {
     let mut f = Fixture::new(&[(Action::Deny, "2001:2::2", false)]);
     let chain = |n: usize| {
-        let ext: Vec<u8> = (0..n).map(|i| if i == 0 { packet::IPPROTO_HOPOPTS } else { packet::IPPROTO_DSTOPTS }).collect();
+        let ext: Vec<u8> = (0..n)
+            .map(|i| {
+                if i == 0 {
+                    packet::IPPROTO_HOPOPTS
+                } else {
+                    packet::IPPROTO_DSTOPTS
+                }
+            })
+            .collect();
         tcp("2001:2::2", "2001:2::3").with_ipv6_ext(&ext).build()
     };
     let ok = chain(sluice_abi::MAX_IPV6_EXT - 1);
@@ -201,7 +244,10 @@ fn ipv6_extension_chains_within_and_beyond_the_bound() {
     let long_other = Packet::tcp(ip("2001:2::9"), ip("2001:2::3"), 1, 2)
         .with_ipv6_ext(&[packet::IPPROTO_DSTOPTS; 12])
         .build();
-    assert_eq!(f.run_counted(&long_other), (XDP_PASS, vec![stat::PASS, stat::L4_UNPARSED]));
+    assert_eq!(
+        f.run_counted(&long_other),
+        (XDP_PASS, vec![stat::PASS, stat::L4_UNPARSED])
+    );
 }
 
 #[test]
@@ -228,7 +274,9 @@ fn hostile_and_non_ip_frames_are_passed_and_counted() {
     bad[16..18].copy_from_slice(&10u16.to_be_bytes());
     assert_eq!(f.run_counted(&bad), (XDP_PASS, vec![stat::UNPARSED]));
     // IPv6 extension header whose length points far past the frame.
-    let mut bad = tcp("2001:2::2", "2001:2::3").with_ipv6_ext(&[packet::IPPROTO_HOPOPTS]).build();
+    let mut bad = tcp("2001:2::2", "2001:2::3")
+        .with_ipv6_ext(&[packet::IPPROTO_HOPOPTS])
+        .build();
     bad[14 + 40 + 1] = 255;
     assert_eq!(f.run_counted(&bad), (XDP_DROP, vec![stat::DENY, stat::L4_UNPARSED]));
     // ICMP and UDP parse fine.

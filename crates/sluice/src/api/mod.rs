@@ -11,7 +11,10 @@ use std::{
 };
 
 use axum::{
-    extract::{rejection::JsonRejection, rejection::PathRejection, rejection::QueryRejection, DefaultBodyLimit, FromRequest, FromRequestParts, State},
+    extract::{
+        rejection::JsonRejection, rejection::PathRejection, rejection::QueryRejection, DefaultBodyLimit, FromRequest,
+        FromRequestParts, State,
+    },
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{delete, get},
@@ -139,12 +142,21 @@ fn rule_routes(action: Action) -> Router<AppState> {
         .route(
             &base,
             get(move |State(s): State<AppState>| list_rules(s, action))
-                .post(move |State(s): State<AppState>, Json(body): Json<OneOrMany<RuleRequest>>| add_rules(s, action, body))
-                .delete(move |State(s): State<AppState>, Query(q): Query<DeleteQuery>| async move {
-                    let cidr = q.cidr.parse().map_err(|e: crate::rules::RuleError| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-                    let dir = if q.dst { Direction::Dst } else { Direction::Src };
-                    delete_rule(s, action, Selector::Cidr { cidr, dir }).await
-                }),
+                .post(
+                    move |State(s): State<AppState>, Json(body): Json<OneOrMany<RuleRequest>>| {
+                        add_rules(s, action, body)
+                    },
+                )
+                .delete(
+                    move |State(s): State<AppState>, Query(q): Query<DeleteQuery>| async move {
+                        let cidr = q
+                            .cidr
+                            .parse()
+                            .map_err(|e: crate::rules::RuleError| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+                        let dir = if q.dst { Direction::Dst } else { Direction::Src };
+                        delete_rule(s, action, Selector::Cidr { cidr, dir }).await
+                    },
+                ),
         )
         .route(
             &format!("{base}/{{id}}"),
@@ -156,7 +168,12 @@ async fn list_rules(s: AppState, action: Action) -> ApiResult<Json<Vec<RuleView>
     blocking(move || {
         let fw = s.fw.lock().unwrap();
         let rules = fw.list(action)?;
-        Ok(Json(rules.iter().map(|(r, c)| RuleView::new(r, c.packets, c.bytes)).collect()))
+        Ok(Json(
+            rules
+                .iter()
+                .map(|(r, c)| RuleView::new(r, c.packets, c.bytes))
+                .collect(),
+        ))
     })
     .await
 }
@@ -170,12 +187,19 @@ async fn add_rules(s: AppState, action: Action, body: OneOrMany<RuleRequest>) ->
         return Err(ApiError(StatusCode::BAD_REQUEST, "no rules in request".into()));
     }
     if reqs.len() > MAX_BATCH {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("{} rules in one request; the limit is {MAX_BATCH}", reqs.len())));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{} rules in one request; the limit is {MAX_BATCH}", reqs.len()),
+        ));
     }
     let mut specs = Vec::with_capacity(reqs.len());
     for (i, r) in reqs.into_iter().enumerate() {
         let spec = RuleSpec::new(action, &r.cidr, r.dst, r.comment).map_err(|e| {
-            let at = if single { String::new() } else { format!("rule {}: ", i + 1) };
+            let at = if single {
+                String::new()
+            } else {
+                format!("rule {}: ", i + 1)
+            };
             ApiError(StatusCode::BAD_REQUEST, format!("{at}{e}"))
         })?;
         specs.push(spec);
@@ -201,13 +225,20 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
     blocking(move || {
         let (counts, stats) = {
             let fw = s.fw.lock().unwrap();
-            let counts = RuleCounts { deny: fw.count(Action::Deny), allow: fw.count(Action::Allow), max_rules: fw.capacity() };
+            let counts = RuleCounts {
+                deny: fw.count(Action::Deny),
+                allow: fw.count(Action::Allow),
+                max_rules: fw.capacity(),
+            };
             (counts, fw.stats()?)
         };
         let mut verdicts = std::collections::BTreeMap::new();
         let mut notes = std::collections::BTreeMap::new();
         for (i, c) in stats.iter().enumerate() {
-            let v = CounterView { packets: c.packets, bytes: c.bytes };
+            let v = CounterView {
+                packets: c.packets,
+                bytes: c.bytes,
+            };
             let name = stat::NAMES[i].to_string();
             if (i as u32) < stat::VERDICTS {
                 verdicts.insert(name, v);
@@ -220,9 +251,18 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
                 let dp = dp.lock().unwrap();
                 let ifs = dp
                     .attachments()
-                    .map(|a| IfaceView { name: a.name.clone(), ifindex: a.ifindex, mode: a.mode, adopted: a.adopted })
+                    .map(|a| IfaceView {
+                        name: a.name.clone(),
+                        ifindex: a.ifindex,
+                        mode: a.mode,
+                        adopted: a.adopted,
+                    })
                     .collect();
-                let progs = vec![ProgramView { name: sluice_abi::xdp::PROGRAM.into(), kind: "xdp".into(), id: dp.program_id() }];
+                let progs = vec![ProgramView {
+                    name: sluice_abi::xdp::PROGRAM.into(),
+                    kind: "xdp".into(),
+                    id: dp.program_id(),
+                }];
                 (ifs, progs)
             }
             None => (Vec::new(), Vec::new()),

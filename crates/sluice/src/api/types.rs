@@ -19,11 +19,32 @@ pub struct RuleRequest {
     pub comment: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One object or an array of them. Dispatches on the JSON shape, so an
+/// error names the offending field instead of "no variant matched".
+#[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    serde_path_to_error::deserialize(v).map_err(|e| D::Error::custom(format!("rule {}: {e}", i + 1)))
+                })
+                .collect::<Result<Vec<T>, _>>()
+                .map(OneOrMany::Many),
+            v => serde_path_to_error::deserialize(v)
+                .map(OneOrMany::One)
+                .map_err(D::Error::custom),
+        }
+    }
 }
 
 /// Query of `DELETE /v1/deny?cidr=...&dst=...`.

@@ -14,8 +14,7 @@ mod tables;
 use std::{
     collections::BTreeMap,
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -24,8 +23,8 @@ use aya::{
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-pub use tables::{KernelTables, MemTables, Tables};
 use sluice_abi::{xdp as names, FwTable, ABI_VERSION};
+pub use tables::{KernelTables, MemTables, Tables};
 
 /// The compiled XDP firewall (built by build.rs from bpf/sluice_xdp.bpf.c).
 pub static XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.bpf.o"));
@@ -53,13 +52,20 @@ pub enum DataplaneError {
     #[error("{table} is full ({capacity} entries); raise max_rules in the config (needs `sluice down` first)")]
     Full { table: &'static str, capacity: u32 },
     #[error("interface {name}: XDP attach failed in native ({native}) and generic ({generic}) mode")]
-    Attach { name: String, native: String, generic: String },
+    Attach {
+        name: String,
+        native: String,
+        generic: String,
+    },
     #[error("missing {0} in the BPF object")]
     Missing(&'static str),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
-    move |source| DataplaneError::Io { path: path.to_path_buf(), source }
+    move |source| DataplaneError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Makes sure `pin_dir` lives on bpffs, mounting bpffs at /sys/fs/bpf if
@@ -72,24 +78,36 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
     let target = Path::new("/sys/fs/bpf");
     if parent.starts_with(target) && !is_bpffs(target) {
         fs::create_dir_all(target).map_err(io_err(target))?;
-        let (src, dst, ty) = (CString::new("bpf").unwrap(), CString::new("/sys/fs/bpf").unwrap(), CString::new("bpf").unwrap());
+        let (src, dst, ty) = (
+            CString::new("bpf").unwrap(),
+            CString::new("/sys/fs/bpf").unwrap(),
+            CString::new("bpf").unwrap(),
+        );
         // SAFETY: valid NUL-terminated strings; no data argument.
         let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
         if rc != 0 {
-            return Err(DataplaneError::NoBpffs(parent.to_path_buf(), io::Error::last_os_error()));
+            return Err(DataplaneError::NoBpffs(
+                parent.to_path_buf(),
+                io::Error::last_os_error(),
+            ));
         }
         tracing::info!("mounted bpffs at /sys/fs/bpf");
     }
     if is_bpffs(parent) || (fs::create_dir_all(parent).is_ok() && is_bpffs(parent)) {
         Ok(())
     } else {
-        Err(DataplaneError::NoBpffs(parent.to_path_buf(), io::Error::other("not a bpf filesystem")))
+        Err(DataplaneError::NoBpffs(
+            parent.to_path_buf(),
+            io::Error::other("not a bpf filesystem"),
+        ))
     }
 }
 
 fn is_bpffs(p: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is NUL-terminated and st is a valid out pointer.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
@@ -115,9 +133,27 @@ fn expected_maps(max_rules: u32) -> Vec<MapShape> {
             max_entries: max_rules,
         })
         .collect();
-    v.push(MapShape { name: names::RULE_COUNTERS, ty: MapType::PerCpuArray, key: 4, value: 16, max_entries: max_rules });
-    v.push(MapShape { name: names::STATS, ty: MapType::PerCpuArray, key: 4, value: 16, max_entries: sluice_abi::stat::COUNT });
-    v.push(MapShape { name: names::CONFIG, ty: MapType::Array, key: 4, value: 8, max_entries: 1 });
+    v.push(MapShape {
+        name: names::RULE_COUNTERS,
+        ty: MapType::PerCpuArray,
+        key: 4,
+        value: 16,
+        max_entries: max_rules,
+    });
+    v.push(MapShape {
+        name: names::STATS,
+        ty: MapType::PerCpuArray,
+        key: 4,
+        value: 16,
+        max_entries: sluice_abi::stat::COUNT,
+    });
+    v.push(MapShape {
+        name: names::CONFIG,
+        ty: MapType::Array,
+        key: 4,
+        value: 8,
+        max_entries: 1,
+    });
     v
 }
 
@@ -129,7 +165,11 @@ pub fn check_pins(pin_dir: &Path, max_rules: u32) -> Result<(), DataplaneError> 
         if !path.exists() {
             continue;
         }
-        let bad = |why: String| DataplaneError::IncompatiblePin { name: shape.name.into(), dir: pin_dir.into(), why };
+        let bad = |why: String| DataplaneError::IncompatiblePin {
+            name: shape.name.into(),
+            dir: pin_dir.into(),
+            why,
+        };
         let data = MapData::from_pin(&path)?;
         let info = data.info()?;
         let ty = info.map_type().map_err(|e| bad(e.to_string()))?;
@@ -146,13 +186,20 @@ pub fn check_pins(pin_dir: &Path, max_rules: u32) -> Result<(), DataplaneError> 
             )));
         }
         if info.max_entries() != shape.max_entries {
-            return Err(bad(format!("capacity {} but max_rules is {}", info.max_entries(), shape.max_entries)));
+            return Err(bad(format!(
+                "capacity {} but max_rules is {}",
+                info.max_entries(),
+                shape.max_entries
+            )));
         }
         if shape.name == names::CONFIG {
             let arr: aya::maps::Array<MapData, sluice_abi::FwConfig> = aya::maps::Array::try_from(Map::Array(data))?;
             let cfg = arr.get(&0, 0)?;
             if cfg.abi_version != 0 && cfg.abi_version != ABI_VERSION {
-                return Err(bad(format!("ABI version {}, this build uses {ABI_VERSION}", cfg.abi_version)));
+                return Err(bad(format!(
+                    "ABI version {}, this build uses {ABI_VERSION}",
+                    cfg.abi_version
+                )));
             }
         }
     }
@@ -217,12 +264,23 @@ impl Dataplane {
             .try_into()?;
         prog.load()?;
         let tables = KernelTables::new(&mut ebpf, max_rules)?;
-        Ok((Dataplane { ebpf, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new() }, tables))
+        Ok((
+            Dataplane {
+                ebpf,
+                pin_dir: pin_dir.to_path_buf(),
+                attached: BTreeMap::new(),
+            },
+            tables,
+        ))
     }
 
     /// The XDP program, for test_run and attach.
     pub fn xdp(&mut self) -> &mut Xdp {
-        self.ebpf.program_mut(names::PROGRAM).expect("checked in load").try_into().expect("an XDP program")
+        self.ebpf
+            .program_mut(names::PROGRAM)
+            .expect("checked in load")
+            .try_into()
+            .expect("an XDP program")
     }
 
     /// Kernel id of the loaded XDP program.
@@ -253,7 +311,14 @@ impl Dataplane {
         let pinned = self.pinned_links().into_iter().find(|(i, _, _)| *i == ifindex);
         let att = match pinned {
             Some((_, mode, pin)) => match self.adopt(&pin) {
-                Ok(link) => Attachment { ifindex, name: name.into(), mode, adopted: true, pin, _link: link },
+                Ok(link) => Attachment {
+                    ifindex,
+                    name: name.into(),
+                    mode,
+                    adopted: true,
+                    pin,
+                    _link: link,
+                },
                 Err(e) => {
                     // A stale pin (interface recreated with the same index, or
                     // a link the kernel already tore down): replace it.
@@ -295,7 +360,14 @@ impl Dataplane {
         let link = FdLink::try_from(prog.take_link(id)?)?;
         let pin = self.links_dir().join(format!("xdp_{ifindex}_{}", mode.tag()));
         let link: FdLink = link.pin(&pin)?.into();
-        Ok(Attachment { ifindex, name: name.into(), mode, adopted: false, pin, _link: link })
+        Ok(Attachment {
+            ifindex,
+            name: name.into(),
+            mode,
+            adopted: false,
+            pin,
+            _link: link,
+        })
     }
 
     /// Detaches from `ifindex` (unpins and closes the link). Returns the
@@ -379,7 +451,9 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<String>, DataplaneError> {
             AttachMode::Native => "native",
             AttachMode::Generic => "generic",
         };
-        removed.push(format!("detached XDP firewall ({mode}) from {name} (ifindex {ifindex})"));
+        removed.push(format!(
+            "detached XDP firewall ({mode}) from {name} (ifindex {ifindex})"
+        ));
     }
     let links = pin_dir.join("links");
     for e in fs::read_dir(&links).into_iter().flatten().flatten() {
@@ -388,14 +462,21 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<String>, DataplaneError> {
         removed.push(format!("unpinned {}", p.display()));
     }
     let _ = fs::remove_dir(&links);
-    let mut entries: Vec<_> = fs::read_dir(pin_dir).map_err(io_err(pin_dir))?.flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = fs::read_dir(pin_dir)
+        .map_err(io_err(pin_dir))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
             continue;
         }
         fs::remove_file(&p).map_err(io_err(&p))?;
-        removed.push(format!("unpinned map {}", p.file_name().unwrap_or_default().to_string_lossy()));
+        removed.push(format!(
+            "unpinned map {}",
+            p.file_name().unwrap_or_default().to_string_lossy()
+        ));
     }
     fs::remove_dir(pin_dir).map_err(io_err(pin_dir))?;
     removed.push(format!("removed {}", pin_dir.display()));
@@ -411,7 +492,11 @@ pub fn ifname(ifindex: u32) -> Option<String> {
         return None;
     }
     // SAFETY: on success buf holds a NUL-terminated name.
-    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// Ifindex of an interface name in this network namespace.

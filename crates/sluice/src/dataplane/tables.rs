@@ -59,7 +59,10 @@ impl KernelTables {
                 v4.insert(t, LpmTrie::try_from(m)?);
             }
         }
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io { path: "/sys/devices/system/cpu/possible".into(), source: e })?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
+            path: "/sys/devices/system/cpu/possible".into(),
+            source: e,
+        })?;
         Ok(KernelTables {
             v4,
             v6,
@@ -75,14 +78,20 @@ impl KernelTables {
 fn full(e: MapError, table: FwTable, capacity: u32) -> DataplaneError {
     if let MapError::SyscallError(s) = &e {
         if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::E2BIG)) {
-            return DataplaneError::Full { table: table.map_name(), capacity };
+            return DataplaneError::Full {
+                table: table.map_name(),
+                capacity,
+            };
         }
     }
     e.into()
 }
 
 fn sum(values: &PerCpuValues<Counter>) -> Counter {
-    values.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
+    values.iter().fold(Counter::default(), |a, c| Counter {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    })
 }
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), DataplaneError> {
@@ -98,16 +107,32 @@ impl Tables for KernelTables {
         let v = FwRule { slot, flags: 0 };
         let cap = self.capacity;
         match key {
-            LpmKey::V4(k) => self.v4.get_mut(&table).expect("v4 table").insert(&Key::new(k.prefixlen, k.addr), v, 0),
-            LpmKey::V6(k) => self.v6.get_mut(&table).expect("v6 table").insert(&Key::new(k.prefixlen, k.addr), v, 0),
+            LpmKey::V4(k) => self
+                .v4
+                .get_mut(&table)
+                .expect("v4 table")
+                .insert(&Key::new(k.prefixlen, k.addr), v, 0),
+            LpmKey::V6(k) => self
+                .v6
+                .get_mut(&table)
+                .expect("v6 table")
+                .insert(&Key::new(k.prefixlen, k.addr), v, 0),
         }
         .map_err(|e| full(e, table, cap))
     }
 
     fn remove(&mut self, table: FwTable, key: LpmKey) -> Result<(), DataplaneError> {
         ignore_missing(match key {
-            LpmKey::V4(k) => self.v4.get_mut(&table).expect("v4 table").remove(&Key::new(k.prefixlen, k.addr)),
-            LpmKey::V6(k) => self.v6.get_mut(&table).expect("v6 table").remove(&Key::new(k.prefixlen, k.addr)),
+            LpmKey::V4(k) => self
+                .v4
+                .get_mut(&table)
+                .expect("v4 table")
+                .remove(&Key::new(k.prefixlen, k.addr)),
+            LpmKey::V6(k) => self
+                .v6
+                .get_mut(&table)
+                .expect("v6 table")
+                .remove(&Key::new(k.prefixlen, k.addr)),
         })
     }
 
@@ -116,20 +141,34 @@ impl Tables for KernelTables {
         if table.is_v6() {
             for kv in self.v6[&table].iter() {
                 let (k, v) = kv?;
-                out.push((LpmKey::V6(sluice_abi::LpmV6Key { prefixlen: k.prefix_len(), addr: k.data() }), v.slot));
+                out.push((
+                    LpmKey::V6(sluice_abi::LpmV6Key {
+                        prefixlen: k.prefix_len(),
+                        addr: k.data(),
+                    }),
+                    v.slot,
+                ));
             }
         } else {
             for kv in self.v4[&table].iter() {
                 let (k, v) = kv?;
-                out.push((LpmKey::V4(sluice_abi::LpmV4Key { prefixlen: k.prefix_len(), addr: k.data() }), v.slot));
+                out.push((
+                    LpmKey::V4(sluice_abi::LpmV4Key {
+                        prefixlen: k.prefix_len(),
+                        addr: k.data(),
+                    }),
+                    v.slot,
+                ));
             }
         }
         Ok(out)
     }
 
     fn reset_counter(&mut self, slot: u32) -> Result<(), DataplaneError> {
-        let zeros = PerCpuValues::try_from(vec![Counter::default(); self.ncpus])
-            .map_err(|e| DataplaneError::Io { path: "per-CPU values".into(), source: e })?;
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); self.ncpus]).map_err(|e| DataplaneError::Io {
+            path: "per-CPU values".into(),
+            source: e,
+        })?;
         Ok(self.rule_cnt.set(slot, zeros, 0)?)
     }
 
@@ -138,7 +177,14 @@ impl Tables for KernelTables {
     }
 
     fn set_mask(&mut self, mask: u32) -> Result<(), DataplaneError> {
-        Ok(self.config.set(0, FwConfig { abi_version: ABI_VERSION, table_mask: mask }, 0)?)
+        Ok(self.config.set(
+            0,
+            FwConfig {
+                abi_version: ABI_VERSION,
+                table_mask: mask,
+            },
+            0,
+        )?)
     }
 
     fn stats(&self) -> Result<Vec<Counter>, DataplaneError> {
@@ -163,7 +209,10 @@ pub struct MemTables {
 
 impl MemTables {
     pub fn new(capacity: u32) -> Self {
-        MemTables { capacity, ..Default::default() }
+        MemTables {
+            capacity,
+            ..Default::default()
+        }
     }
 }
 
@@ -178,7 +227,10 @@ impl Tables for MemTables {
             return Ok(());
         }
         if t.len() as u32 >= self.capacity {
-            return Err(DataplaneError::Full { table: table.map_name(), capacity: self.capacity });
+            return Err(DataplaneError::Full {
+                table: table.map_name(),
+                capacity: self.capacity,
+            });
         }
         t.push((key, slot));
         Ok(())

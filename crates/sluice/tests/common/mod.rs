@@ -16,7 +16,11 @@ use sluice::{dataplane, lab::Lab};
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test loads BPF programs and builds network namespaces: run it as root (make test)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test loads BPF programs and builds network namespaces: run it as root (make test)"
+    );
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -27,7 +31,10 @@ pub struct PinDir(pub PathBuf);
 impl PinDir {
     pub fn new(tag: &str) -> Self {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        PinDir(PathBuf::from(format!("/sys/fs/bpf/sluice-test-{tag}-{}-{n}", std::process::id())))
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/sluice-test-{tag}-{}-{n}",
+            std::process::id()
+        )))
     }
 }
 
@@ -104,7 +111,11 @@ impl Daemon {
         for g in &self.globs {
             cmd.arg("--iface").arg(g);
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("spawn sluice run"));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -133,13 +144,21 @@ impl Daemon {
 
     /// Runs a client command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).env("SLUICE_SOCKET", &self.socket).output().unwrap()
+        Command::new(BIN)
+            .args(args)
+            .env("SLUICE_SOCKET", &self.socket)
+            .output()
+            .unwrap()
     }
 
     /// Runs a client command that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.cli(args);
-        assert!(o.status.success(), "sluice {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "sluice {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 
@@ -176,5 +195,6 @@ pub fn ping(host: &sluice::lab::LabHost, dst: &str) -> bool {
 
 /// A TCP connect from a namespace with a 1 s timeout.
 pub fn tcp_connects(host: &sluice::lab::LabHost, dst: std::net::SocketAddr) -> bool {
-    host.in_netns(move || std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(1)).is_ok()).unwrap()
+    host.in_netns(move || std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(1)).is_ok())
+        .unwrap()
 }

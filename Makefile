@@ -1,0 +1,34 @@
+# Entry points. `make run` and `make test` are the README's two commands.
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
+ARGS ?=
+
+.PHONY: run test setup build release lint bench demo
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --workspace
+
+release: setup
+	$(CARGO) build --release -p sluice
+
+## Build and run the daemon in the foreground with the built-in defaults
+## (manages veth*, socket /run/sluice/sluice.sock). Extra flags: make run ARGS="--iface 'eth1'"
+run: release
+	./target/release/sluice run $(ARGS)
+
+## Every test tier: unit, BPF_PROG_TEST_RUN and end-to-end in namespaces (as root).
+test: setup
+	$(CARGO) test --workspace --locked
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+bench: setup
+	$(CARGO) bench --bench firewall
+
+## The one-minute tour's sandbox.
+demo: release
+	./target/release/sluice lab up

@@ -1,0 +1,274 @@
+//! Tier 3: the real daemon, real kernel and real traffic in lab namespaces.
+//! Each test builds its own lab (distinct names and subnets, so tests run in
+//! parallel), runs `sluice run` managing only that lab's veths, drives it
+//! with the CLI, and checks with ping and TCP connects. Guards remove the
+//! lab, the daemon and its pins even when a test fails. Needs root.
+
+mod common;
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+fn listener() -> (TcpListener, u16) {
+    let l = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+fn link_pins(pin_dir: &Path) -> usize {
+    std::fs::read_dir(pin_dir.join("links")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < deadline, "{what}: not within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t0.elapsed()
+}
+
+#[test]
+fn deny_drops_one_host_and_not_the_other_then_delete_restores() {
+    require_root();
+    let lab = LabGuard::new("se1", 11);
+    let d = Daemon::start("e1", &["se1-*"]);
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    let (_l, port) = listener();
+    let tcp_a = SocketAddr::new(IpAddr::V4(a.host_v4), port);
+    let tcp_b = SocketAddr::new(IpAddr::V4(b.host_v4), port);
+
+    let st = d.json(&["status"]);
+    let ifs = st["interfaces"].as_array().unwrap();
+    assert_eq!(ifs.len(), 2, "{st}");
+    assert!(ifs.iter().all(|i| i["mode"] == "native"), "{st}");
+
+    assert!(ping(a, &a.host_v4.to_string()) && ping(b, &b.host_v4.to_string()));
+    assert!(tcp_connects(a, tcp_a) && tcp_connects(b, tcp_b));
+
+    let added = d.ok(&["deny", "add", &a.ns_v4.to_string(), "--comment", "lab a"]);
+    assert!(added.starts_with("added deny rule 1: src 198.18.23.2/32"), "{added}");
+    assert!(!ping(a, &a.host_v4.to_string()), "a's ping must be dropped");
+    assert!(!tcp_connects(a, tcp_a), "a's TCP connect must fail");
+    assert!(ping(b, &b.host_v4.to_string()), "b is untouched");
+    assert!(tcp_connects(b, tcp_b), "b's TCP is untouched");
+
+    let rules = d.json(&["deny", "list"]);
+    assert!(rules[0]["packets"].as_u64().unwrap() >= 2, "counters move: {rules}");
+    assert!(rules[0]["bytes"].as_u64().unwrap() >= 2 * 60, "{rules}");
+    let st = d.json(&["status"]);
+    assert!(st["verdicts"]["deny"]["packets"].as_u64().unwrap() >= 2, "{st}");
+    assert!(st["verdicts"]["pass"]["packets"].as_u64().unwrap() >= 2, "{st}");
+
+    // IPv6, by source.
+    assert!(ping(a, &a.host_v6.to_string()));
+    d.ok(&["deny", "add", &a.ns_v6.to_string()]);
+    assert!(!ping(a, &a.host_v6.to_string()), "a's IPv6 ping must be dropped");
+    assert!(ping(b, &b.host_v6.to_string()));
+
+    // Delete restores traffic.
+    d.ok(&["deny", "del", &a.ns_v4.to_string()]);
+    d.ok(&["deny", "del", "2"]);
+    assert!(ping(a, &a.host_v4.to_string()) && ping(a, &a.host_v6.to_string()));
+    assert!(tcp_connects(a, tcp_a));
+    assert_eq!(d.json(&["deny", "list"]).as_array().unwrap().len(), 0);
+
+    // --dst: traffic from a routed to b is dropped as it enters a's veth.
+    assert!(ping(a, &b.ns_v4.to_string()), "a reaches b through the host");
+    d.ok(&["deny", "add", &b.ns_v4.to_string(), "--dst"]);
+    assert!(!ping(a, &b.ns_v4.to_string()), "a -> b must be dropped");
+    assert!(ping(a, &a.host_v4.to_string()), "a -> host still fine");
+    d.ok(&["deny", "del", &b.ns_v4.to_string(), "--dst"]);
+
+    // Allow wins over deny: deny the whole lab range, allow only a.
+    d.ok(&["deny", "add", "198.18.0.0/15"]);
+    d.ok(&["allow", "add", &a.ns_v4.to_string()]);
+    assert!(ping(a, &a.host_v4.to_string()), "allowed host passes");
+    assert!(!ping(b, &b.host_v4.to_string()), "b hits the broad deny");
+    let allow = d.json(&["allow", "list"]);
+    assert!(allow[0]["packets"].as_u64().unwrap() >= 1, "{allow}");
+}
+
+#[test]
+fn kill9_keeps_enforcing_and_a_restart_adopts_without_duplicates() {
+    require_root();
+    let lab = LabGuard::new("se2", 12);
+    let mut d = Daemon::start("e2", &["se2-*"]);
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    d.ok(&["deny", "add", &a.ns_v4.to_string()]);
+    assert!(!ping(a, &a.host_v4.to_string()));
+
+    d.kill9();
+    assert!(
+        !ping(a, &a.host_v4.to_string()),
+        "enforcement continues with the daemon dead"
+    );
+    assert!(ping(b, &b.host_v4.to_string()));
+    assert_eq!(link_pins(&d.pins.0), 2);
+
+    d.spawn();
+    let rules = d.json(&["deny", "list"]);
+    assert_eq!(rules.as_array().unwrap().len(), 1, "{rules}");
+    assert_eq!(rules[0]["id"], 1);
+    assert!(rules[0]["packets"].as_u64().unwrap() >= 2, "counters survive: {rules}");
+    let st = d.json(&["status"]);
+    let ifs = st["interfaces"].as_array().unwrap();
+    assert_eq!(ifs.len(), 2, "{st}");
+    assert!(
+        ifs.iter().all(|i| i["adopted"] == true),
+        "links adopted, not re-created: {st}"
+    );
+    assert_eq!(link_pins(&d.pins.0), 2, "no duplicate attachment");
+    assert!(!ping(a, &a.host_v4.to_string()), "still enforced after restart");
+
+    // A second daemon on the same state is refused.
+    let o = Command::new(BIN)
+        .args([
+            "run",
+            "--socket",
+            "/tmp/sluice-e2e-second.sock",
+            "--iface",
+            "se2-*",
+            "--state-dir",
+        ])
+        .arg(d.state_dir())
+        .arg("--pin-dir")
+        .arg(&d.pins.0)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another sluice daemon is running"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    d.ok(&["deny", "del", "1"]);
+    assert!(ping(a, &a.host_v4.to_string()));
+}
+
+#[test]
+fn interfaces_created_later_are_covered_within_a_second_and_forgotten_when_gone() {
+    require_root();
+    let d = Daemon::start("e3", &["se3-*"]);
+    let lab = sluice::lab::Lab::new("se3", "", 13, 2).unwrap();
+    let _ = lab.down();
+    d.ok(&["deny", "add", &lab.host('a').ns_v4.to_string()]);
+    assert_eq!(d.json(&["status"])["interfaces"].as_array().unwrap().len(), 0);
+
+    let lab = {
+        lab.up().unwrap();
+        LabGuard(lab)
+    };
+    let took = wait_for("new veths attached", Duration::from_secs(1), || {
+        d.json(&["status"])["interfaces"].as_array().unwrap().len() == 2
+    });
+    eprintln!("new veths covered {took:?} after `lab up` returned");
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    assert!(!ping(a, &a.host_v4.to_string()), "rule applies on the new veth");
+    assert!(ping(b, &b.host_v4.to_string()));
+
+    lab.down().unwrap();
+    wait_for("vanished veths forgotten", Duration::from_secs(1), || {
+        d.json(&["status"])["interfaces"].as_array().unwrap().is_empty()
+    });
+    assert_eq!(link_pins(&d.pins.0), 0, "pins of vanished interfaces removed");
+}
+
+#[test]
+fn down_detaches_and_unpins_and_run_reapplies_lost_maps() {
+    require_root();
+    let lab = LabGuard::new("se4", 14);
+    let mut d = Daemon::start("e4", &["se4-*"]);
+    let a = lab.host('a');
+    d.ok(&["deny", "add", &a.ns_v4.to_string()]);
+    assert!(!ping(a, &a.host_v4.to_string()));
+
+    let o = Command::new(BIN)
+        .arg("down")
+        .arg("--state-dir")
+        .arg(d.state_dir())
+        .arg("--pin-dir")
+        .arg(&d.pins.0)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("stopped the sluice daemon"), "{out}");
+    assert_eq!(out.matches("detached XDP firewall").count(), 2, "{out}");
+    assert!(out.contains("unpinned map sl_deny_src4"), "{out}");
+    assert!(!d.pins.0.exists());
+    let exited = d.child.as_mut().unwrap().wait().unwrap();
+    assert!(exited.success(), "graceful exit on SIGTERM: {exited}");
+    assert!(ping(a, &a.host_v4.to_string()), "nothing enforced after down");
+
+    // Rules survive in SQLite and are applied to the fresh maps.
+    d.spawn();
+    assert!(!ping(a, &a.host_v4.to_string()), "rule re-applied from the store");
+    assert!(d.log_text().contains("added=1"), "{}", d.log_text());
+}
+
+#[test]
+fn cli_exit_codes_and_one_line_errors() {
+    require_root();
+    let o = Command::new(BIN)
+        .args(["status", "--socket", "/nonexistent/sluice.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not running") && err.contains("sluice run"), "{err}");
+
+    let o = Command::new(BIN).args(["deny", "add"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "usage error");
+    let o = Command::new(BIN).args(["deny", "frobnicate"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "usage error");
+
+    let d = Daemon::start("e5", &["se5-nothing-*"]);
+    for (bad, needle) in [
+        ("10.0.0.0/33", "prefix length 33"),
+        ("abc", "invalid CIDR"),
+        ("10.0.0.1/8", "did you mean 10.0.0.0/8"),
+    ] {
+        let o = d.cli(&["deny", "add", bad]);
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+    d.ok(&["deny", "add", "10.0.0.0/8"]);
+    let o = d.cli(&["deny", "add", "10.0.0.0/8"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    let o = d.cli(&["deny", "del", "99"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no deny rule with id 99"));
+
+    // import: one bad line means nothing is added.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("list.txt");
+    std::fs::write(
+        &f,
+        "# lab\n198.18.0.0/16\n198.19.0.0/16 # trailing comment\nnot-a-cidr\n",
+    )
+    .unwrap();
+    let o = d.cli(&["deny", "import", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("line 4"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(d.json(&["deny", "list"]).as_array().unwrap().len(), 1);
+    std::fs::write(&f, "# lab\n198.18.0.0/16\n198.19.0.0/16 # trailing comment\n").unwrap();
+    let out = d.ok(&["deny", "import", f.to_str().unwrap()]);
+    assert!(out.contains("imported 2 deny rules"), "{out}");
+    assert_eq!(d.json(&["deny", "list"]).as_array().unwrap().len(), 3);
+}
