@@ -1,4 +1,5 @@
 # Entry points. `make run` and `make test` are the README's two commands.
+SHELL := /bin/bash
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 ARGS ?=
 
@@ -20,7 +21,9 @@ run: release
 
 ## Every test tier: unit, BPF_PROG_TEST_RUN and end-to-end in namespaces (as root).
 test: setup
-	$(CARGO) test --workspace --locked
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace --locked 2>&1 | tee target/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all tiers: %d passed, %d failed\n", p, f}' target/test.log
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -149,8 +149,37 @@ fn kill9_keeps_enforcing_and_a_restart_adopts_without_duplicates() {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    // A graceful stop leaves enforcement in place too.
+    assert!(d.terminate().success());
+    assert!(!d.socket.exists(), "socket removed on graceful stop");
+    assert!(!ping(a, &a.host_v4.to_string()), "enforcement continues after SIGTERM");
+    d.spawn();
     d.ok(&["deny", "del", "1"]);
     assert!(ping(a, &a.host_v4.to_string()));
+}
+
+#[test]
+fn drivers_without_native_xdp_fall_back_to_generic_mode() {
+    require_root();
+    struct Iface(&'static str);
+    impl Drop for Iface {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", self.0]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["link", "del", "se6-br"]).status();
+    assert!(Command::new("ip")
+        .args(["link", "add", "se6-br", "type", "bridge"])
+        .status()
+        .unwrap()
+        .success());
+    let _iface = Iface("se6-br");
+    let d = Daemon::start("e6", &["se6-*"]);
+    let st = d.json(&["status"]);
+    assert_eq!(st["interfaces"][0]["name"], "se6-br", "{st}");
+    assert_eq!(st["interfaces"][0]["mode"], "generic", "{st}");
+    let human = d.ok(&["status"]);
+    assert!(human.contains("se6-br") && human.contains("xdp generic"), "{human}");
 }
 
 #[test]

@@ -142,6 +142,14 @@ impl Daemon {
         }
     }
 
+    /// Graceful stop (SIGTERM); returns once the process has exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap()
+    }
+
     /// Runs a client command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
