@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * sluice_xdp: the XDP firewall attached to every managed interface.
+ * sluice_xdp: the XDP firewall and flow control attached to every managed
+ * interface.
  *
  * Pipeline per packet: parse -> allow tries (src, dst) -> deny tries
- * (src, dst) -> PASS. Allow wins over deny. Each matched rule's per-CPU
- * counter slot is bumped, and every packet lands in exactly one verdict
- * counter of sl_stats. All maps are pinned by name, so enforcement outlives
+ * (src, dst) -> rate limits -> PASS. Allow wins over deny and skips the
+ * limits. Each matched rule's per-CPU counters are bumped, and every packet
+ * lands in exactly one verdict counter of sl_stats. All maps are pinned by name, so enforcement outlives
  * the daemon and a restarted daemon finds the same tables.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "sluice_abi.h"
 #include "parse.h"
+#include "gcra.h"
 
 #define LPM_MAP(NAME, KEY)                                   \
 	struct {                                             \
@@ -56,6 +58,49 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_config SEC(".maps");
 
+/* ---- Rate limits ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct limit_rule);
+	__uint(max_entries, 2 * SLUICE_MAX_LIMITS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_limits SEC(".maps");
+
+/* (active half << 16) | number of rules in it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_lim_sel SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct limit_shared);
+	__uint(max_entries, SLUICE_MAX_LIMITS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_lim_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct limit_src_key);
+	__type(value, struct limit_bucket);
+	__uint(max_entries, SLUICE_DEFAULT_LIMIT_SOURCES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_lim_src SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct limit_cnt);
+	__uint(max_entries, SLUICE_MAX_LIMITS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_lim_cnt SEC(".maps");
+
 static __always_inline void count(void *map, __u32 idx, __u64 len)
 {
 	struct counter *c = bpf_map_lookup_elem(map, &idx);
@@ -91,6 +136,135 @@ static __always_inline int match6(void *map, __u32 mask, int table, __u8 *addr, 
 		return 0;
 	count(&sl_rule_cnt, r->slot, len);
 	return 1;
+}
+
+struct lim_ctx {
+	struct pkt p;
+	__u64 len;
+	__u64 now;
+	__u32 base;
+	__u32 dropped;
+};
+
+static __always_inline int lim_match(struct limit_rule *r, struct pkt *p)
+{
+	if (r->family && r->family != p->family)
+		return 0;
+	if (r->proto && r->proto != p->l4proto)
+		return 0;
+	/* A port rule needs the transport header: fragments and truncated
+	 * packets do not match it. */
+	if (r->dport && (!(p->flags & PKT_F_L4) || r->dport != p->dport))
+		return 0;
+	if (r->family) {
+		__u32 *s = (__u32 *)p->saddr, *d = (__u32 *)p->daddr;
+		for (int k = 0; k < 4; k++)
+			if (((s[k] ^ r->src[k]) & r->src_mask[k]) || ((d[k] ^ r->dst[k]) & r->dst_mask[k]))
+				return 0;
+	}
+	return 1;
+}
+
+/* The bucket of a per-source rule, created on first sight. */
+static __always_inline struct limit_bucket *src_bucket(struct limit_rule *r, struct lim_ctx *c, __u32 slot)
+{
+	struct limit_src_key k = { .slot = slot, .family = c->p.family, .gen = r->gen };
+	__builtin_memcpy(k.addr, c->p.saddr, 16);
+	struct limit_bucket *b = bpf_map_lookup_elem(&sl_lim_src, &k);
+	if (b)
+		return b;
+	struct limit_bucket fresh = { .tat = 0, .warm_start = c->now, .last_seen = c->now };
+	if (bpf_map_update_elem(&sl_lim_src, &k, &fresh, BPF_NOEXIST) == 0) {
+		struct limit_cnt *cnt = bpf_map_lookup_elem(&sl_lim_cnt, &slot);
+		if (cnt)
+			cnt->new_sources++;
+	}
+	return bpf_map_lookup_elem(&sl_lim_src, &k);
+}
+
+/* bpf_loop callback: applies rule number i of the active half. Returns 1
+ * (stop) once a rule drops the packet. The verifier checks this body once,
+ * not once per rule. */
+static long lim_one(__u32 i, void *data)
+{
+	struct lim_ctx *c = data;
+	__u32 idx = c->base + i;
+	struct limit_rule *r = bpf_map_lookup_elem(&sl_limits, &idx);
+	if (!r || !lim_match(r, &c->p))
+		return 0;
+	__u64 units = 1;
+	if (r->kind == LIMIT_BPS)
+		units = c->len;
+	else if (r->kind == LIMIT_CONNS &&
+		 (c->p.l4proto != IPPROTO_TCP || !(c->p.flags & PKT_F_L4) ||
+		  (c->p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN))
+		return 0; /* only connection attempts count */
+	__u32 slot = r->slot;
+	if (slot >= SLUICE_MAX_LIMITS)
+		return 0;
+	struct limit_bucket *b;
+	struct limit_shared *sh = 0;
+	if (r->flags & LIMIT_F_PER_SOURCE) {
+		b = src_bucket(r, c, slot);
+	} else {
+		sh = bpf_map_lookup_elem(&sl_lim_state, &slot);
+		b = sh ? &sh->b : 0;
+	}
+	if (!b)
+		return 0;
+	__u64 cost = gcra_cost(units, r->unit_fp, r->shift);
+	if (r->warmup_ns) {
+		/* Idle for a whole warm-up period: cold again. */
+		if (c->now - b->last_seen > r->warmup_ns)
+			b->warm_start = c->now;
+		b->last_seen = c->now;
+		cost = gcra_warm(cost, c->now, b->warm_start, r->warmup_ns);
+	}
+	int ok;
+#ifdef SLUICE_LIMIT_SPINLOCK
+	if (sh) {
+		__u64 ntat;
+		bpf_spin_lock(&sh->lock);
+		ok = gcra_check(sh->b.tat, c->now, cost, r->tau, &ntat);
+		if (ok)
+			sh->b.tat = ntat;
+		bpf_spin_unlock(&sh->lock);
+	} else
+#endif
+		ok = gcra_admit(&b->tat, c->now, cost, r->tau);
+	struct limit_cnt *cnt = bpf_map_lookup_elem(&sl_lim_cnt, &slot);
+	if (cnt) {
+		if (ok) {
+			cnt->passed++;
+			cnt->passed_bytes += c->len;
+		} else {
+			cnt->dropped++;
+			cnt->dropped_bytes += c->len;
+		}
+	}
+	if (!ok) {
+		c->dropped = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* Applies every limit rule the packet matches; 1 if one of them drops it. */
+static __always_inline int limited(struct pkt *p, __u64 len)
+{
+	__u32 zero = 0;
+	__u32 *sel = bpf_map_lookup_elem(&sl_lim_sel, &zero);
+	if (!sel)
+		return 0;
+	__u32 n = *sel & 0xffff;
+	if (!n)
+		return 0;
+	if (n > SLUICE_MAX_LIMITS)
+		n = SLUICE_MAX_LIMITS;
+	struct lim_ctx c = { .len = len, .now = bpf_ktime_get_ns(), .base = (*sel >> 16) ? SLUICE_MAX_LIMITS : 0 };
+	c.p = *p;
+	bpf_loop(n, lim_one, &c, 0);
+	return c.dropped;
 }
 
 SEC("xdp")
@@ -133,6 +307,10 @@ int sluice_xdp(struct xdp_md *ctx)
 		if (match6(&sl_deny_src6, mask, FW_DENY_SRC6, p.saddr, len) ||
 		    match6(&sl_deny_dst6, mask, FW_DENY_DST6, p.daddr, len))
 			goto deny;
+	}
+	if (limited(&p, len)) {
+		count(&sl_stats, STAT_LIMIT, len);
+		return XDP_DROP;
 	}
 	count(&sl_stats, STAT_PASS, len);
 	return XDP_PASS;

@@ -31,6 +31,9 @@
 #define PKT_F_FRAG 0x2      /* non-first fragment: no L4 header here */
 #define PKT_F_L4_BAD 0x4    /* L4 header truncated or ext-header bound hit */
 
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
 struct vlan_hdr {
 	__be16 tci;
 	__be16 encap_proto;
@@ -40,7 +43,7 @@ struct pkt {
 	__u8 family; /* 4 or 6 */
 	__u8 l4proto;
 	__u8 flags;
-	__u8 _pad;
+	__u8 tcp_flags; /* TCP only, when PKT_F_L4 */
 	__be16 sport;
 	__be16 dport;
 	__u8 saddr[16]; /* IPv4 uses the first 4 bytes */
@@ -56,6 +59,7 @@ static __always_inline void parse_l4(void *l4, void *end, struct pkt *p)
 			goto bad;
 		p->sport = th->source;
 		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
 	} else if (p->l4proto == IPPROTO_UDP) {
 		struct udphdr *uh = l4;
 		if ((void *)(uh + 1) > end)

@@ -13,8 +13,14 @@
 #define SLUICE_ABI_H
 
 #include <linux/types.h>
+#ifdef __bpf__
+#include <linux/bpf.h>
+#define SLUICE_SPIN_LOCK struct bpf_spin_lock
+#else
+#define SLUICE_SPIN_LOCK __u32
+#endif
 
-#define SLUICE_ABI_VERSION 1
+#define SLUICE_ABI_VERSION 2
 
 /* Default capacity of each firewall table and of the rule counter array.
  * The daemon overrides it from its config (max_rules) at load time. */
@@ -66,16 +72,87 @@ struct fw_config {
 /* Indexes into sl_stats. Every packet lands in exactly one of the first
  * STAT_VERDICTS entries; the entries after that are extra notes. */
 enum stat_idx {
-	STAT_PASS = 0,     /* parsed, no rule matched: XDP_PASS */
+	STAT_PASS = 0,     /* parsed, no rule dropped it: XDP_PASS */
 	STAT_ALLOW = 1,    /* matched an allow rule: XDP_PASS */
 	STAT_DENY = 2,     /* matched a deny rule: XDP_DROP */
-	STAT_UNPARSED = 3, /* L2/L3 header truncated or malformed: XDP_PASS */
-	STAT_NON_IP = 4,   /* neither IPv4 nor IPv6 (ARP, LLDP, ...): XDP_PASS */
-	STAT_VERDICTS = 5,
-	STAT_FRAGMENT = 5,     /* note: IP fragment other than the first */
-	STAT_L4_UNPARSED = 6,  /* note: L4 header truncated or beyond the
+	STAT_LIMIT = 3,    /* over a rate limit: XDP_DROP */
+	STAT_UNPARSED = 4, /* L2/L3 header truncated or malformed: XDP_PASS */
+	STAT_NON_IP = 5,   /* neither IPv4 nor IPv6 (ARP, LLDP, ...): XDP_PASS */
+	STAT_VERDICTS = 6,
+	STAT_FRAGMENT = 6,     /* note: IP fragment other than the first */
+	STAT_L4_UNPARSED = 7,  /* note: L4 header truncated or beyond the
 				* IPv6 extension-header bound */
-	STAT_COUNT = 7,
+	STAT_COUNT = 8,
+};
+
+/* ---- Rate limits (flow control) ---- */
+
+/* Most limit rules at once. sl_limits holds two halves of this size: the
+ * daemon writes the idle half, then flips sl_lim_sel, so a packet never
+ * sees a half-written rule set. */
+#define SLUICE_MAX_LIMITS 64
+/* Default capacity of the per-source bucket LRU (config: limit_sources). */
+#define SLUICE_DEFAULT_LIMIT_SOURCES 65536
+
+enum limit_kind {
+	LIMIT_PPS = 1,   /* packets per second */
+	LIMIT_BPS = 2,   /* bytes per second (frame length) */
+	LIMIT_CONNS = 3, /* new TCP connections per second (SYN without ACK) */
+};
+
+#define LIMIT_F_PER_SOURCE 0x1
+
+/* One limit rule. Addresses and masks are in network order, as 32-bit
+ * words; IPv4 uses word 0. family 0 matches both families (no CIDR given). */
+struct limit_rule {
+	__u32 src[4];
+	__u32 src_mask[4];
+	__u32 dst[4];
+	__u32 dst_mask[4];
+	__u8 family;   /* 0, 4 or 6 */
+	__u8 proto;    /* 0 any, IPPROTO_TCP, IPPROTO_UDP */
+	__be16 dport;  /* 0 any */
+	__u8 kind;     /* enum limit_kind */
+	__u8 flags;    /* LIMIT_F_* */
+	__u16 slot;    /* index into sl_lim_state and sl_lim_cnt */
+	__u32 gen;     /* generation of the rule in this slot */
+	__u32 shift;   /* fixed-point shift of unit_fp */
+	__u64 unit_fp; /* ns of rate-time per unit (packet/byte), << shift */
+	__u64 tau;     /* burst tolerance: burst * ns per unit */
+	__u64 warmup_ns;
+};
+
+/* A bucket (see gcra.h): TAT plus warm-up bookkeeping. */
+struct limit_bucket {
+	__u64 tat;
+	__u64 warm_start;
+	__u64 last_seen;
+};
+
+/* A rule's shared bucket (sl_lim_state[slot]). The lock is used only by
+ * the spin-lock build that the benchmark compares with compare-and-swap. */
+struct limit_shared {
+	struct limit_bucket b;
+	SLUICE_SPIN_LOCK lock;
+	__u32 _pad;
+};
+
+/* Key of a per-source bucket in the sl_lim_src LRU. */
+struct limit_src_key {
+	__u16 slot;
+	__u8 family;
+	__u8 _pad;
+	__u32 gen;
+	__u8 addr[16];
+};
+
+/* Per-CPU counters of one limit rule (sl_lim_cnt[slot]). */
+struct limit_cnt {
+	__u64 passed;
+	__u64 passed_bytes;
+	__u64 dropped;
+	__u64 dropped_bytes;
+	__u64 new_sources; /* per-source buckets created */
 };
 
 /* Bound on the IPv6 extension-header walk. */
@@ -87,6 +164,11 @@ _Static_assert(sizeof(struct lpm_v6_key) == 20, "lpm_v6_key size");
 _Static_assert(sizeof(struct fw_rule) == 8, "fw_rule size");
 _Static_assert(sizeof(struct counter) == 16, "counter size");
 _Static_assert(sizeof(struct fw_config) == 8, "fw_config size");
+_Static_assert(sizeof(struct limit_rule) == 104, "limit_rule size");
+_Static_assert(sizeof(struct limit_bucket) == 24, "limit_bucket size");
+_Static_assert(sizeof(struct limit_shared) == 32, "limit_shared size");
+_Static_assert(sizeof(struct limit_src_key) == 24, "limit_src_key size");
+_Static_assert(sizeof(struct limit_cnt) == 40, "limit_cnt size");
 #endif
 
 #endif /* SLUICE_ABI_H */

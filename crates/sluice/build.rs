@@ -60,11 +60,21 @@ fn main() {
         .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
         .collect();
     sources.sort();
-    for src in sources {
+    // The spin-lock build of the XDP program exists only so the benchmark
+    // can compare it with the compare-and-swap limiter that ships.
+    let mut builds: Vec<(PathBuf, String, Option<&str>)> = Vec::new();
+    for src in &sources {
         let stem = src.file_name().unwrap().to_string_lossy().replace(".bpf.c", "");
+        if stem == "sluice_xdp" {
+            builds.push((src.clone(), "sluice_xdp_spin".into(), Some("-DSLUICE_LIMIT_SPINLOCK")));
+        }
+        builds.push((src.clone(), stem, None));
+    }
+    for (src, stem, define) in builds {
         let obj = out.join(format!("{stem}.bpf.o"));
         let status = Command::new(&clang)
-            .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
+            .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3"])
+            .args(define)
             .arg(format!(
                 "-D__TARGET_ARCH_{}",
                 if arch == "x86_64" { "x86" } else { "arm64" }
@@ -81,4 +91,13 @@ fn main() {
             fail(&format!("{clang} failed on {}", src.display()));
         }
     }
+
+    // Host build of the limiter arithmetic (bpf/include/gcra.h) for the unit
+    // tests: the same C the XDP program runs.
+    cc::Build::new()
+        .file(bpf_dir.join("test/gcra_host.c"))
+        .include(bpf_dir.join("include"))
+        .include(format!("/usr/include/{multiarch}"))
+        .warnings_into_errors(true)
+        .compile("sluice_gcra_host");
 }

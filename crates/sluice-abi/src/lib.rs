@@ -12,11 +12,83 @@
 use core::mem::{offset_of, size_of};
 
 /// `SLUICE_ABI_VERSION`: bumped whenever a pinned map's layout changes.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// `SLUICE_DEFAULT_MAX_RULES`: capacity compiled into the object.
 pub const DEFAULT_MAX_RULES: u32 = 65536;
 /// `SLUICE_MAX_IPV6_EXT`: bound on the IPv6 extension-header walk.
 pub const MAX_IPV6_EXT: usize = 8;
+/// `SLUICE_MAX_LIMITS`: most limit rules at once.
+pub const MAX_LIMITS: u32 = 64;
+/// `SLUICE_DEFAULT_LIMIT_SOURCES`: default per-source LRU capacity.
+pub const DEFAULT_LIMIT_SOURCES: u32 = 65536;
+/// `enum limit_kind`.
+pub const LIMIT_PPS: u8 = 1;
+pub const LIMIT_BPS: u8 = 2;
+pub const LIMIT_CONNS: u8 = 3;
+/// `LIMIT_F_PER_SOURCE`.
+pub const LIMIT_F_PER_SOURCE: u8 = 1;
+
+/// `struct limit_rule`: one entry of `sl_limits`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitRule {
+    pub src: [u32; 4],
+    pub src_mask: [u32; 4],
+    pub dst: [u32; 4],
+    pub dst_mask: [u32; 4],
+    pub family: u8,
+    pub proto: u8,
+    /// Network order.
+    pub dport: u16,
+    pub kind: u8,
+    pub flags: u8,
+    pub slot: u16,
+    pub gen: u32,
+    pub shift: u32,
+    pub unit_fp: u64,
+    pub tau: u64,
+    pub warmup_ns: u64,
+}
+
+/// `struct limit_bucket`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitBucket {
+    pub tat: u64,
+    pub warm_start: u64,
+    pub last_seen: u64,
+}
+
+/// `struct limit_shared`: entry of `sl_lim_state`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitShared {
+    pub b: LimitBucket,
+    pub lock: u32,
+    pub _pad: u32,
+}
+
+/// `struct limit_src_key`: key of `sl_lim_src`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LimitSrcKey {
+    pub slot: u16,
+    pub family: u8,
+    pub _pad: u8,
+    pub gen: u32,
+    pub addr: [u8; 16],
+}
+
+/// `struct limit_cnt`: per-CPU counters of one limit rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitCnt {
+    pub passed: u64,
+    pub passed_bytes: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    pub new_sources: u64,
+}
 
 /// `struct lpm_v4_key`.
 #[repr(C)]
@@ -118,16 +190,25 @@ pub mod stat {
     pub const PASS: u32 = 0;
     pub const ALLOW: u32 = 1;
     pub const DENY: u32 = 2;
-    pub const UNPARSED: u32 = 3;
-    pub const NON_IP: u32 = 4;
+    pub const LIMIT: u32 = 3;
+    pub const UNPARSED: u32 = 4;
+    pub const NON_IP: u32 = 5;
     /// Every packet is counted in exactly one index below this.
-    pub const VERDICTS: u32 = 5;
-    pub const FRAGMENT: u32 = 5;
-    pub const L4_UNPARSED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    pub const VERDICTS: u32 = 6;
+    pub const FRAGMENT: u32 = 6;
+    pub const L4_UNPARSED: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Names used by `status` and the API, by index.
-    pub const NAMES: [&str; COUNT as usize] =
-        ["pass", "allow", "deny", "unparsed", "non_ip", "fragment", "l4_unparsed"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass",
+        "allow",
+        "deny",
+        "limit",
+        "unparsed",
+        "non_ip",
+        "fragment",
+        "l4_unparsed",
+    ];
 }
 
 /// Names in the compiled XDP object.
@@ -136,8 +217,13 @@ pub mod xdp {
     pub const RULE_COUNTERS: &str = "sl_rule_cnt";
     pub const STATS: &str = "sl_stats";
     pub const CONFIG: &str = "sl_config";
+    pub const LIMITS: &str = "sl_limits";
+    pub const LIMIT_SELECT: &str = "sl_lim_sel";
+    pub const LIMIT_STATE: &str = "sl_lim_state";
+    pub const LIMIT_SOURCES: &str = "sl_lim_src";
+    pub const LIMIT_COUNTERS: &str = "sl_lim_cnt";
     /// Every map the object defines, table maps included.
-    pub const MAPS: [&str; 11] = [
+    pub const MAPS: [&str; 16] = [
         "sl_allow_src4",
         "sl_allow_dst4",
         "sl_allow_src6",
@@ -149,7 +235,26 @@ pub mod xdp {
         RULE_COUNTERS,
         STATS,
         CONFIG,
+        LIMITS,
+        LIMIT_SELECT,
+        LIMIT_STATE,
+        LIMIT_SOURCES,
+        LIMIT_COUNTERS,
     ];
+}
+
+/// Names in the traffic-generator object (tests and benchmarks only).
+pub mod gen {
+    pub const PROGRAM: &str = "sluice_gen";
+    pub const CONFIG: &str = "sl_gen_cfg";
+}
+
+/// `struct gen_cfg` of the generator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenCfg {
+    pub src_base: u32,
+    pub src_mask: u32,
 }
 
 // Layout checks: these numbers are the header's `_Static_assert`s.
@@ -163,6 +268,19 @@ const _: () = {
     assert!(offset_of!(Counter, bytes) == 8);
     assert!(size_of::<FwConfig>() == 8);
     assert!(offset_of!(FwConfig, table_mask) == 4);
+    assert!(size_of::<LimitRule>() == 104);
+    assert!(offset_of!(LimitRule, family) == 64);
+    assert!(offset_of!(LimitRule, dport) == 66);
+    assert!(offset_of!(LimitRule, slot) == 70);
+    assert!(offset_of!(LimitRule, gen) == 72);
+    assert!(offset_of!(LimitRule, unit_fp) == 80);
+    assert!(offset_of!(LimitRule, warmup_ns) == 96);
+    assert!(size_of::<LimitBucket>() == 24);
+    assert!(size_of::<LimitShared>() == 32);
+    assert!(size_of::<LimitSrcKey>() == 24);
+    assert!(offset_of!(LimitSrcKey, addr) == 8);
+    assert!(size_of::<LimitCnt>() == 40);
+    assert!(size_of::<GenCfg>() == 8);
 };
 
 #[cfg(feature = "aya")]
@@ -174,6 +292,12 @@ mod pod {
     unsafe impl aya::Pod for super::FwRule {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::FwConfig {}
+    unsafe impl aya::Pod for super::LimitRule {}
+    unsafe impl aya::Pod for super::LimitBucket {}
+    unsafe impl aya::Pod for super::LimitShared {}
+    unsafe impl aya::Pod for super::LimitSrcKey {}
+    unsafe impl aya::Pod for super::LimitCnt {}
+    unsafe impl aya::Pod for super::GenCfg {}
 }
 
 #[cfg(test)]
@@ -235,11 +359,17 @@ mod header_sync {
         assert_eq!(get("SLUICE_ABI_VERSION"), super::ABI_VERSION as i64);
         assert_eq!(get("SLUICE_DEFAULT_MAX_RULES"), super::DEFAULT_MAX_RULES as i64);
         assert_eq!(get("SLUICE_MAX_IPV6_EXT"), super::MAX_IPV6_EXT as i64);
+        assert_eq!(get("SLUICE_MAX_LIMITS"), super::MAX_LIMITS as i64);
+        assert_eq!(get("SLUICE_DEFAULT_LIMIT_SOURCES"), super::DEFAULT_LIMIT_SOURCES as i64);
+        assert_eq!(get("LIMIT_PPS"), super::LIMIT_PPS as i64);
+        assert_eq!(get("LIMIT_BPS"), super::LIMIT_BPS as i64);
+        assert_eq!(get("LIMIT_CONNS"), super::LIMIT_CONNS as i64);
         use super::stat::*;
         for (n, v) in [
             ("STAT_PASS", PASS),
             ("STAT_ALLOW", ALLOW),
             ("STAT_DENY", DENY),
+            ("STAT_LIMIT", LIMIT),
             ("STAT_UNPARSED", UNPARSED),
             ("STAT_NON_IP", NON_IP),
             ("STAT_VERDICTS", VERDICTS),

@@ -226,7 +226,11 @@ struct XdpResults {
 fn bench_xdp() -> Result<XdpResults> {
     let pins = PinGuard::new("xdp")?;
     eprintln!("== XDP test_run: loading the dataplane in {}", pins.0.display());
-    let (mut dp, tables) = Dataplane::load(&pins.0, XDP_MAX_RULES).context("loading the XDP dataplane")?;
+    let cap = sluice::dataplane::Capacity {
+        max_rules: XDP_MAX_RULES,
+        ..Default::default()
+    };
+    let (mut dp, tables, _limits) = Dataplane::load(&pins.0, cap).context("loading the XDP dataplane")?;
     let (mut fw, _) = Firewall::open(Store::in_memory()?, Box::new(tables))?;
     let mut installed = 0;
     let mut insert_time = Duration::ZERO;

@@ -40,6 +40,9 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// Capacity of each firewall table and of the rule counter array.
     pub max_rules: u32,
+    /// Capacity of the per-source rate-limit bucket LRU (all per-source
+    /// rules share it; the least recently seen source is evicted).
+    pub limit_sources: u32,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             state_dir: DEFAULT_STATE_DIR.into(),
             pin_dir: DEFAULT_PIN_DIR.into(),
             max_rules: sluice_abi::DEFAULT_MAX_RULES,
+            limit_sources: sluice_abi::DEFAULT_LIMIT_SOURCES,
         }
     }
 }
@@ -80,6 +84,12 @@ impl Config {
                 self.max_rules
             )));
         }
+        if !(16..=1 << 24).contains(&self.limit_sources) {
+            return Err(ConfigError::Invalid(format!(
+                "limit_sources {} is out of range 16..=16777216",
+                self.limit_sources
+            )));
+        }
         if !self.pin_dir.is_absolute() || self.pin_dir.parent().is_none() {
             return Err(ConfigError::Invalid(format!(
                 "pin_dir {} must be an absolute path below a bpffs mount",
@@ -98,6 +108,13 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    pub fn capacity(&self) -> crate::dataplane::Capacity {
+        crate::dataplane::Capacity {
+            max_rules: self.max_rules,
+            limit_sources: self.limit_sources,
+        }
     }
 
     /// The compiled interface globs.

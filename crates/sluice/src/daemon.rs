@@ -19,6 +19,7 @@ use sluice::{
     config::Config,
     dataplane::{self, Dataplane},
     firewall::Firewall,
+    limits::Limiter,
     store::Store,
     watch::Watcher,
 };
@@ -112,14 +113,16 @@ pub async fn run(cfg: Config) -> Result<()> {
     fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700))?;
     let _lock = take_lock(&cfg.state_dir)?;
     let store = Store::open(&cfg.state_dir)?;
+    let limit_store = Store::open(&cfg.state_dir)?;
     raise_memlock();
 
     let t0 = Instant::now();
-    let (dp, tables) = Dataplane::load(&cfg.pin_dir, cfg.max_rules)?;
+    let (dp, tables, limit_tables) = Dataplane::load(&cfg.pin_dir, cfg.capacity())?;
     let (fw, rec) = Firewall::open(store, Box::new(tables))?;
+    let limiter = Limiter::open(limit_store, Box::new(limit_tables))?;
     tracing::info!(
         pin_dir = %cfg.pin_dir.display(),
-        kept = rec.kept, added = rec.added, removed = rec.removed,
+        kept = rec.kept, added = rec.added, removed = rec.removed, limits = limiter.count(),
         "dataplane loaded and rule tables reconciled with the store"
     );
     let dp = Arc::new(Mutex::new(dp));
@@ -136,6 +139,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let listener = bind_socket(&cfg.socket).await?;
     let state = Arc::new(Ctl {
         fw: Mutex::new(fw),
+        limits: Mutex::new(limiter),
         dp: Some(dp.clone()),
         started: Instant::now(),
         interface_globs: cfg.interfaces.clone(),

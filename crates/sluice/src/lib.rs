@@ -7,6 +7,7 @@ pub mod config;
 pub mod dataplane;
 pub mod firewall;
 pub mod lab;
+pub mod limits;
 pub mod rules;
 pub mod store;
 pub mod watch;

@@ -1,17 +1,21 @@
 //! The rule store: SQLite under the state directory, the source of truth for
 //! every rule. The kernel maps are compiled from it on start and on every
-//! change. The schema carries a version; a database from an unknown (newer)
-//! version, or one that is not a sluice database, is refused with a clear
-//! error instead of being guessed at.
+//! change. The schema carries a version: older versions are migrated in a
+//! transaction; a database from an unknown (newer) version, or one that is
+//! not a sluice database, is refused with a clear error instead of being
+//! guessed at.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::rules::{Action, Direction, Rule, RuleKey, RuleSpec};
+use crate::{
+    limits::{Limit, LimitSpec},
+    rules::{Action, Direction, Rule, RuleKey, RuleSpec},
+};
 
 /// Version of the schema this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +46,12 @@ CREATE TABLE IF NOT EXISTS fw_rules (
     comment TEXT,
     created INTEGER NOT NULL,
     UNIQUE (action, dir, cidr)
+);
+CREATE TABLE IF NOT EXISTS limits (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    slot INTEGER NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created INTEGER NOT NULL
 );
 ";
 
@@ -84,14 +94,15 @@ impl Store {
             let found = found
                 .and_then(|v| v.parse::<i64>().ok())
                 .ok_or_else(|| StoreError::Foreign("missing schema_version".into()))?;
-            if found != SCHEMA_VERSION {
+            // v1 -> v2 only added the limits table, created below.
+            if !(1..=SCHEMA_VERSION).contains(&found) {
                 return Err(StoreError::Version { found });
             }
         }
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?1)",
             params![SCHEMA_VERSION.to_string()],
         )?;
         Ok(Store { conn })
@@ -125,6 +136,38 @@ impl Store {
             };
             let slot = u32::try_from(slot).map_err(|_| bad(format!("slot {slot} out of range")))?;
             out.push(Rule {
+                id,
+                slot,
+                spec,
+                created,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every limit rule, ordered by id.
+    pub fn limits(&self) -> Result<Vec<Limit>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, slot, spec, created FROM limits ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, slot, spec, created) = row?;
+            let bad = |why: String| StoreError::BadRow { id, why };
+            let spec: LimitSpec = serde_json::from_str(&spec).map_err(|e| bad(e.to_string()))?;
+            let slot = u16::try_from(slot)
+                .ok()
+                .filter(|s| (*s as u32) < sluice_abi::MAX_LIMITS);
+            let slot = slot.ok_or_else(|| bad("slot out of range".into()))?;
+            out.push(Limit {
                 id,
                 slot,
                 spec,
@@ -169,6 +212,19 @@ impl StoreTx<'_> {
             .prepare_cached("DELETE FROM fw_rules WHERE id = ?1")?
             .execute(params![id])?;
         Ok(n == 1)
+    }
+
+    pub fn insert_limit(&self, spec: &LimitSpec, slot: u16, created: i64) -> Result<i64, StoreError> {
+        let json = serde_json::to_string(spec).expect("a limit spec serialises");
+        self.tx.execute(
+            "INSERT INTO limits (slot, spec, created) VALUES (?1, ?2, ?3)",
+            params![slot as i64, json, created],
+        )?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    pub fn delete_limit(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(self.tx.execute("DELETE FROM limits WHERE id = ?1", params![id])? == 1)
     }
 
     pub fn commit(self) -> Result<(), StoreError> {
@@ -248,6 +304,48 @@ mod tests {
             Store::open(dir.path()),
             Err(StoreError::Version { found: 99 })
         ));
+    }
+
+    #[test]
+    fn migrates_a_version_1_database() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("sluice.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', '1');
+                 CREATE TABLE fw_rules (id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, dir TEXT NOT NULL,
+                   cidr TEXT NOT NULL, slot INTEGER NOT NULL UNIQUE, comment TEXT, created INTEGER NOT NULL,
+                   UNIQUE (action, dir, cidr));
+                 INSERT INTO fw_rules (action, dir, cidr, slot, created) VALUES ('deny', 'src', '10.0.0.0/8', 0, 1);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.rules().unwrap().len(), 1);
+        assert!(s.limits().unwrap().is_empty());
+        let v: String = s
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION.to_string());
+    }
+
+    #[test]
+    fn limits_roundtrip() {
+        let mut s = Store::in_memory().unwrap();
+        let spec = crate::limits::LimitRequest {
+            pps: Some(10),
+            per_source: true,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let tx = s.begin().unwrap();
+        let id = tx.insert_limit(&spec, 5, 9).unwrap();
+        tx.commit().unwrap();
+        let l = &s.limits().unwrap()[0];
+        assert_eq!((l.id, l.slot, &l.spec), (id, 5, &spec));
     }
 
     #[test]

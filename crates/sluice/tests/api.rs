@@ -16,8 +16,9 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sluice::{
     api::{app, Ctl},
-    dataplane::MemTables,
+    dataplane::{MemLimitTables, MemTables},
     firewall::Firewall,
+    limits::Limiter,
     store::Store,
 };
 use tower::ServiceExt;
@@ -26,6 +27,7 @@ fn router(capacity: u32) -> Router {
     let (fw, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(MemTables::new(capacity))).unwrap();
     app(Arc::new(Ctl {
         fw: Mutex::new(fw),
+        limits: Mutex::new(Limiter::open(Store::in_memory().unwrap(), Box::new(MemLimitTables::default())).unwrap()),
         dp: None,
         started: Instant::now(),
         interface_globs: vec!["veth*".into()],

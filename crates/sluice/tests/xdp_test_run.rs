@@ -10,8 +10,9 @@ use std::net::IpAddr;
 use aya::programs::{TestRun, TestRunOptions};
 use common::{require_root, PinDir};
 use sluice::{
-    dataplane::Dataplane,
+    dataplane::{Capacity, Dataplane},
     firewall::Firewall,
+    limits::Limiter,
     rules::{Action, RuleSpec},
     store::Store,
 };
@@ -24,6 +25,7 @@ const XDP_PASS: u32 = 2;
 struct Fixture {
     dp: Dataplane,
     fw: Firewall,
+    limits: Limiter,
     _pins: PinDir,
 }
 
@@ -31,14 +33,26 @@ impl Fixture {
     fn new(rules: &[(Action, &str, bool)]) -> Self {
         require_root();
         let pins = PinDir::new("run");
-        let (dp, tables) = Dataplane::load(&pins.0, 1024).expect("load XDP object");
+        let cap = Capacity {
+            max_rules: 1024,
+            limit_sources: 64,
+        };
+        let (dp, tables, limit_tables) = Dataplane::load(&pins.0, cap).expect("load XDP object");
         let (mut fw, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(tables)).unwrap();
-        let specs = rules
+        let specs: Vec<_> = rules
             .iter()
             .map(|(a, c, dst)| RuleSpec::new(*a, c, *dst, None).unwrap())
             .collect();
-        fw.add(specs).unwrap();
-        Fixture { dp, fw, _pins: pins }
+        if !specs.is_empty() {
+            fw.add(specs).unwrap();
+        }
+        let limits = Limiter::open(Store::in_memory().unwrap(), Box::new(limit_tables)).unwrap();
+        Fixture {
+            dp,
+            fw,
+            limits,
+            _pins: pins,
+        }
     }
 
     fn run(&mut self, frame: &[u8]) -> u32 {

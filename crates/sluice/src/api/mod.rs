@@ -26,6 +26,7 @@ use sluice_abi::{stat, ABI_VERSION};
 use crate::{
     dataplane::Dataplane,
     firewall::{Firewall, FwError, Selector},
+    limits::{Limiter, LimiterError},
     rules::{Action, Direction, RuleSpec},
 };
 use types::*;
@@ -38,6 +39,7 @@ pub const MAX_BATCH: usize = 100_000;
 /// What the handlers share.
 pub struct Ctl {
     pub fw: Mutex<Firewall>,
+    pub limits: Mutex<Limiter>,
     /// None when the API runs without a kernel (tests).
     pub dp: Option<Arc<Mutex<Dataplane>>>,
     pub started: Instant,
@@ -66,6 +68,21 @@ impl From<FwError> for ApiError {
             FwError::NotFound { .. } => StatusCode::NOT_FOUND,
             FwError::Dataplane(crate::dataplane::DataplaneError::Full { .. }) => StatusCode::CONFLICT,
             FwError::Dataplane(_) | FwError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if code == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError(code, e.to_string())
+    }
+}
+
+impl From<LimiterError> for ApiError {
+    fn from(e: LimiterError) -> Self {
+        let code = match &e {
+            LimiterError::Invalid(_) => StatusCode::BAD_REQUEST,
+            LimiterError::Conflict { .. } | LimiterError::Full => StatusCode::CONFLICT,
+            LimiterError::NotFound(_) => StatusCode::NOT_FOUND,
+            LimiterError::Dataplane(_) | LimiterError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if code == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %e, "request failed");
@@ -131,6 +148,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/status", get(status))
         .merge(rule_routes(Action::Deny))
         .merge(rule_routes(Action::Allow))
+        .route("/v1/limits", get(list_limits).post(add_limit))
+        .route("/v1/limits/{id}", delete(delete_limit))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API route; see /v1/status".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -221,6 +240,30 @@ async fn delete_rule(s: AppState, action: Action, sel: Selector) -> ApiResult<Js
     .await
 }
 
+async fn list_limits(State(s): State<AppState>) -> ApiResult<Json<Vec<LimitView>>> {
+    blocking(move || {
+        let l = s.limits.lock().unwrap();
+        Ok(Json(l.list()?.iter().map(|(l, st)| LimitView::new(l, *st)).collect()))
+    })
+    .await
+}
+
+async fn add_limit(State(s): State<AppState>, Json(req): Json<LimitRequest>) -> ApiResult<Response> {
+    let spec = req
+        .validate()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let l = blocking(move || Ok(s.limits.lock().unwrap().add(spec)?)).await?;
+    Ok((StatusCode::CREATED, Json(LimitView::new(&l, Default::default()))).into_response())
+}
+
+async fn delete_limit(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<LimitView>> {
+    blocking(move || {
+        let l = s.limits.lock().unwrap().delete(id)?;
+        Ok(Json(LimitView::new(&l, Default::default())))
+    })
+    .await
+}
+
 async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
     blocking(move || {
         let (counts, stats) = {
@@ -231,6 +274,22 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
                 max_rules: fw.capacity(),
             };
             (counts, fw.stats()?)
+        };
+        let limits = {
+            let l = s.limits.lock().unwrap();
+            let mut sum = LimitSummary {
+                rules: l.count(),
+                max_rules: sluice_abi::MAX_LIMITS,
+                source_capacity: l.source_capacity(),
+                ..Default::default()
+            };
+            for (_, st) in l.list()? {
+                sum.passed += st.passed;
+                sum.dropped += st.dropped;
+                sum.sources += st.sources;
+                sum.evictions += st.evictions;
+            }
+            sum
         };
         let mut verdicts = std::collections::BTreeMap::new();
         let mut notes = std::collections::BTreeMap::new();
@@ -278,6 +337,7 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
             interfaces,
             programs,
             rules: counts,
+            limits,
             verdicts,
             notes,
         }))

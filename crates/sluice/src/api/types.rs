@@ -5,7 +5,67 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{dataplane::AttachMode, rules::Rule};
+use crate::{
+    dataplane::AttachMode,
+    limits::{Limit, LimitStats},
+    rules::Rule,
+};
+
+pub use crate::limits::LimitRequest;
+
+/// A limit rule as listed: match, rate, and counters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitView {
+    pub id: i64,
+    pub src: Option<String>,
+    pub dst: Option<String>,
+    pub dst_port: Option<u16>,
+    pub proto: Option<String>,
+    /// pps, bps or conns.
+    pub kind: String,
+    pub rate: u64,
+    pub burst: u64,
+    pub per_source: bool,
+    pub warmup_ms: u64,
+    pub comment: Option<String>,
+    pub created: i64,
+    #[serde(flatten)]
+    pub stats: LimitStats,
+}
+
+impl LimitView {
+    pub fn new(l: &Limit, stats: LimitStats) -> Self {
+        let s = &l.spec;
+        LimitView {
+            id: l.id,
+            src: s.m.src.map(|c| c.to_string()),
+            dst: s.m.dst.map(|c| c.to_string()),
+            dst_port: s.m.dst_port,
+            proto: s.m.proto.map(|p| p.to_string()),
+            kind: s.kind.as_str().into(),
+            rate: s.rate,
+            burst: s.burst,
+            per_source: s.per_source,
+            warmup_ms: s.warmup_ms,
+            comment: s.comment.clone(),
+            created: l.created,
+            stats,
+        }
+    }
+}
+
+/// Limit totals in `status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitSummary {
+    pub rules: usize,
+    pub max_rules: u32,
+    pub passed: u64,
+    pub dropped: u64,
+    /// Per-source buckets tracked, over all rules, and the LRU's capacity.
+    pub sources: u64,
+    pub source_capacity: u32,
+    pub evictions: u64,
+}
 
 /// Body of `POST /v1/deny` and `POST /v1/allow` (one object or an array).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,7 +188,8 @@ pub struct Status {
     pub interfaces: Vec<IfaceView>,
     pub programs: Vec<ProgramView>,
     pub rules: RuleCounts,
-    /// Packets by verdict: pass, allow, deny, unparsed, non_ip. Each packet
+    pub limits: LimitSummary,
+    /// Packets by verdict: pass, allow, deny, limit, unparsed, non_ip. Each packet
     /// is counted once here.
     pub verdicts: BTreeMap<String, CounterView>,
     /// Extra notes: fragment, l4_unparsed (also counted in a verdict).

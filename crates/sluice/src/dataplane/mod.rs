@@ -9,6 +9,7 @@
 //! loaded program into each pinned link with one atomic `BPF_LINK_UPDATE`, so
 //! there is never a moment with no program, nor two.
 
+mod limit_tables;
 mod tables;
 
 use std::{
@@ -23,11 +24,35 @@ use aya::{
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
+pub use limit_tables::{KernelLimitTables, LimitTables, MemLimitTables};
 use sluice_abi::{xdp as names, FwTable, ABI_VERSION};
 pub use tables::{KernelTables, MemTables, Tables};
 
 /// The compiled XDP firewall (built by build.rs from bpf/sluice_xdp.bpf.c).
 pub static XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.bpf.o"));
+/// The same program with spin-locked shared buckets instead of
+/// compare-and-swap: only the benchmark loads it, to compare the two.
+pub static XDP_SPIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp_spin.bpf.o"));
+/// The XDP live-frames traffic generator (tests and benchmarks).
+pub static GEN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_gen.bpf.o"));
+
+/// Sizes of the maps the daemon configures at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Each firewall table and the rule counter array.
+    pub max_rules: u32,
+    /// The per-source bucket LRU of the rate limiter.
+    pub limit_sources: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            max_rules: sluice_abi::DEFAULT_MAX_RULES,
+            limit_sources: sluice_abi::DEFAULT_LIMIT_SOURCES,
+        }
+    }
+}
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -122,45 +147,44 @@ struct MapShape {
     max_entries: u32,
 }
 
-fn expected_maps(max_rules: u32) -> Vec<MapShape> {
+fn expected_maps(cap: Capacity) -> Vec<MapShape> {
+    let lim = sluice_abi::MAX_LIMITS;
+    let shape = |name, ty, key, value, max_entries| MapShape {
+        name,
+        ty,
+        key,
+        value,
+        max_entries,
+    };
     let mut v: Vec<MapShape> = FwTable::ALL
         .iter()
-        .map(|t| MapShape {
-            name: t.map_name(),
-            ty: MapType::LpmTrie,
-            key: if t.is_v6() { 20 } else { 8 },
-            value: 8,
-            max_entries: max_rules,
+        .map(|t| {
+            shape(
+                t.map_name(),
+                MapType::LpmTrie,
+                if t.is_v6() { 20 } else { 8 },
+                8,
+                cap.max_rules,
+            )
         })
         .collect();
-    v.push(MapShape {
-        name: names::RULE_COUNTERS,
-        ty: MapType::PerCpuArray,
-        key: 4,
-        value: 16,
-        max_entries: max_rules,
-    });
-    v.push(MapShape {
-        name: names::STATS,
-        ty: MapType::PerCpuArray,
-        key: 4,
-        value: 16,
-        max_entries: sluice_abi::stat::COUNT,
-    });
-    v.push(MapShape {
-        name: names::CONFIG,
-        ty: MapType::Array,
-        key: 4,
-        value: 8,
-        max_entries: 1,
-    });
+    v.extend([
+        shape(names::RULE_COUNTERS, MapType::PerCpuArray, 4, 16, cap.max_rules),
+        shape(names::STATS, MapType::PerCpuArray, 4, 16, sluice_abi::stat::COUNT),
+        shape(names::CONFIG, MapType::Array, 4, 8, 1),
+        shape(names::LIMITS, MapType::Array, 4, 104, 2 * lim),
+        shape(names::LIMIT_SELECT, MapType::Array, 4, 4, 1),
+        shape(names::LIMIT_STATE, MapType::Array, 4, 32, lim),
+        shape(names::LIMIT_SOURCES, MapType::LruHash, 24, 24, cap.limit_sources),
+        shape(names::LIMIT_COUNTERS, MapType::PerCpuArray, 4, 40, lim),
+    ]);
     v
 }
 
 /// Refuses pinned maps whose type, key/value size, capacity or ABI version
 /// differ from this build: aya would otherwise reuse them silently.
-pub fn check_pins(pin_dir: &Path, max_rules: u32) -> Result<(), DataplaneError> {
-    for shape in expected_maps(max_rules) {
+pub fn check_pins(pin_dir: &Path, cap: Capacity) -> Result<(), DataplaneError> {
+    for shape in expected_maps(cap) {
         let path = pin_dir.join(shape.name);
         if !path.exists() {
             continue;
@@ -246,24 +270,36 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Loads the XDP object, reusing (or creating) the maps pinned in
-    /// `pin_dir`, and returns the dataplane plus the firewall tables.
-    pub fn load(pin_dir: &Path, max_rules: u32) -> Result<(Self, KernelTables), DataplaneError> {
+    /// `pin_dir`, and returns the dataplane plus the firewall and limit tables.
+    pub fn load(pin_dir: &Path, cap: Capacity) -> Result<(Self, KernelTables, KernelLimitTables), DataplaneError> {
+        Self::load_object(XDP_OBJ, pin_dir, cap)
+    }
+
+    /// [`Dataplane::load`] of a given build of the XDP object.
+    pub fn load_object(
+        obj: &[u8],
+        pin_dir: &Path,
+        cap: Capacity,
+    ) -> Result<(Self, KernelTables, KernelLimitTables), DataplaneError> {
         ensure_bpffs(pin_dir)?;
         fs::create_dir_all(pin_dir.join("links")).map_err(io_err(pin_dir))?;
-        check_pins(pin_dir, max_rules)?;
+        check_pins(pin_dir, cap)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
         for t in FwTable::ALL {
-            loader.map_max_entries(t.map_name(), max_rules);
+            loader.map_max_entries(t.map_name(), cap.max_rules);
         }
-        loader.map_max_entries(names::RULE_COUNTERS, max_rules);
-        let mut ebpf = loader.load(XDP_OBJ)?;
+        loader.map_max_entries(names::RULE_COUNTERS, cap.max_rules);
+        loader.map_max_entries(names::LIMIT_SOURCES, cap.limit_sources);
+        let mut ebpf = loader.load(obj)?;
         let prog: &mut Xdp = ebpf
             .program_mut(names::PROGRAM)
             .ok_or(DataplaneError::Missing(names::PROGRAM))?
             .try_into()?;
         prog.load()?;
-        let tables = KernelTables::new(&mut ebpf, max_rules)?;
+        let tables = KernelTables::new(&mut ebpf, cap.max_rules)?;
+        let ncpus = tables.ncpus();
+        let limits = KernelLimitTables::new(&mut ebpf, cap.limit_sources, ncpus)?;
         Ok((
             Dataplane {
                 ebpf,
@@ -271,6 +307,7 @@ impl Dataplane {
                 attached: BTreeMap::new(),
             },
             tables,
+            limits,
         ))
     }
 

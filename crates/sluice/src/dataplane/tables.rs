@@ -46,6 +46,11 @@ pub struct KernelTables {
 }
 
 impl KernelTables {
+    /// Number of possible CPUs (the length of per-CPU values).
+    pub fn ncpus(&self) -> usize {
+        self.ncpus
+    }
+
     /// Takes the firewall maps out of a loaded object.
     pub fn new(ebpf: &mut Ebpf, capacity: u32) -> Result<Self, DataplaneError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * gcra.h: the rate limiter's arithmetic, with no BPF helpers so that the
+ * very same code is also compiled for the host and unit-tested
+ * (crates/sluice/tests/gcra_math.rs through bpf/test/gcra_host.c).
+ *
+ * The limiter is GCRA (the "virtual scheduling" form of a token bucket): a
+ * bucket is one u64, its theoretical arrival time (TAT) on the kernel's
+ * monotonic clock. A packet costing `cost` ns of rate-time conforms if
+ * max(TAT, now) + cost - now <= tau, where tau = burst * ns-per-unit; a
+ * conforming packet advances TAT by cost. Time is absolute, so there is no
+ * refill timer and no drift; all comparisons are wrap-safe.
+ */
+#ifndef SLUICE_GCRA_H
+#define SLUICE_GCRA_H
+
+#include <linux/types.h>
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+/* Warm-up progress is fixed point: GCRA_WARM_ONE is 1.0. */
+#define GCRA_WARM_ONE 1024
+/* Sentinel's cold factor: a cold rule admits rate / 3. */
+#define GCRA_COLD_FACTOR 3
+/* Compare-and-swap attempts before a contended packet is dropped. */
+#define GCRA_CAS_TRIES 4
+
+/* True if time a is after time b (wrap-safe on the u64 clock). */
+static __always_inline int gcra_after(__u64 a, __u64 b)
+{
+	return (__s64)(a - b) > 0;
+}
+
+/* Rate-time of `units` (packets or bytes): (units * unit_fp) >> shift ns.
+ * User space picks shift so the product cannot overflow. */
+static __always_inline __u64 gcra_cost(__u64 units, __u64 unit_fp, __u32 shift)
+{
+	return (units * unit_fp) >> (shift & 63);
+}
+
+/* Warm-up: the admitted rate ramps linearly from rate/3 to rate over
+ * warmup_ns after warm_start, i.e. the cost is scaled by 3 / (1 + 2p). */
+static __always_inline __u64 gcra_warm(__u64 cost, __u64 now, __u64 warm_start, __u64 warmup_ns)
+{
+	if (!warmup_ns)
+		return cost;
+	__u64 el = gcra_after(now, warm_start) ? now - warm_start : 0;
+	if (el >= warmup_ns)
+		return cost;
+	__u64 p = el * GCRA_WARM_ONE / warmup_ns;
+	return cost * (GCRA_COLD_FACTOR * GCRA_WARM_ONE) /
+	       (GCRA_WARM_ONE + (GCRA_COLD_FACTOR - 1) * p);
+}
+
+/* One decision: 1 and *ntat set if the packet conforms, else 0. */
+static __always_inline int gcra_check(__u64 tat, __u64 now, __u64 cost, __u64 tau, __u64 *ntat)
+{
+	__u64 base = gcra_after(tat, now) ? tat : now;
+	__u64 n = base + cost;
+	if ((__s64)(n - now) > (__s64)tau)
+		return 0;
+	*ntat = n;
+	return 1;
+}
+
+/* Lock-free admission on a shared TAT: a bounded compare-and-swap loop, so
+ * no update is lost when several CPUs hit one bucket. A packet that loses
+ * every race is treated as over the limit (the bucket is that busy). */
+static __always_inline int gcra_admit(__u64 *tat_p, __u64 now, __u64 cost, __u64 tau)
+{
+	for (int i = 0; i < GCRA_CAS_TRIES; i++) {
+		__u64 tat = *(volatile __u64 *)tat_p;
+		__u64 ntat;
+		if (!gcra_check(tat, now, cost, tau, &ntat))
+			return 0;
+		if (__sync_val_compare_and_swap(tat_p, tat, ntat) == tat)
+			return 1;
+	}
+	return 0;
+}
+
+#endif /* SLUICE_GCRA_H */

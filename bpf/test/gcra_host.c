@@ -1,0 +1,8 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Host build of bpf/include/gcra.h for the unit tests: exported wrappers
+ * around the exact inline functions the XDP program uses. */
+#include "gcra.h"
+
+__u64 sl_gcra_cost(__u64 units, __u64 unit_fp, __u32 shift) { return gcra_cost(units, unit_fp, shift); }
+__u64 sl_gcra_warm(__u64 cost, __u64 now, __u64 ws, __u64 w) { return gcra_warm(cost, now, ws, w); }
+int sl_gcra_admit(__u64 *tat, __u64 now, __u64 cost, __u64 tau) { return gcra_admit(tat, now, cost, tau); }

@@ -1,0 +1,141 @@
+//! The rate-limit maps behind a narrow interface, [`LimitTables`]:
+//! [`KernelLimitTables`] writes the pinned BPF maps and [`MemLimitTables`]
+//! stands in for tests. Publishing a rule set writes the idle half of
+//! `sl_limits` and then flips `sl_lim_sel` with one 4-byte store, so the XDP
+//! program always sees a whole rule set, old or new.
+
+use std::collections::HashMap;
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    Ebpf,
+};
+use sluice_abi::{xdp as names, LimitBucket, LimitCnt, LimitRule, LimitShared, LimitSrcKey, MAX_LIMITS};
+
+use super::DataplaneError;
+
+pub trait LimitTables: Send {
+    /// Makes `rules` the active rule set.
+    fn publish(&mut self, rules: &[LimitRule]) -> Result<(), DataplaneError>;
+    /// Fresh bucket and zero counters for a new rule in `slot`; `now` is
+    /// CLOCK_MONOTONIC, the start of its warm-up.
+    fn reset_slot(&mut self, slot: u16, now: u64) -> Result<(), DataplaneError>;
+    /// A rule's counters, summed over CPUs.
+    fn counters(&self, slot: u16) -> Result<LimitCnt, DataplaneError>;
+    /// Per-source buckets currently tracked, by (slot, generation).
+    fn sources(&self) -> Result<HashMap<(u16, u32), u64>, DataplaneError>;
+    /// Capacity of the per-source LRU.
+    fn source_capacity(&self) -> u32;
+}
+
+pub struct KernelLimitTables {
+    rules: Array<MapData, LimitRule>,
+    select: Array<MapData, u32>,
+    state: Array<MapData, LimitShared>,
+    sources: BpfHashMap<MapData, LimitSrcKey, LimitBucket>,
+    counters: PerCpuArray<MapData, LimitCnt>,
+    source_capacity: u32,
+    ncpus: usize,
+}
+
+impl KernelLimitTables {
+    pub fn new(ebpf: &mut Ebpf, source_capacity: u32, ncpus: usize) -> Result<Self, DataplaneError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        Ok(KernelLimitTables {
+            rules: Array::try_from(take(names::LIMITS)?)?,
+            select: Array::try_from(take(names::LIMIT_SELECT)?)?,
+            state: Array::try_from(take(names::LIMIT_STATE)?)?,
+            sources: BpfHashMap::try_from(take(names::LIMIT_SOURCES)?)?,
+            counters: PerCpuArray::try_from(take(names::LIMIT_COUNTERS)?)?,
+            source_capacity,
+            ncpus,
+        })
+    }
+}
+
+impl LimitTables for KernelLimitTables {
+    fn publish(&mut self, rules: &[LimitRule]) -> Result<(), DataplaneError> {
+        assert!(
+            rules.len() <= MAX_LIMITS as usize,
+            "limit rules are bounded by the controller"
+        );
+        let active = self.select.get(&0, 0)? >> 16;
+        let idle = 1 - (active & 1);
+        for (i, r) in rules.iter().enumerate() {
+            self.rules.set(idle * MAX_LIMITS + i as u32, r, 0)?;
+        }
+        Ok(self.select.set(0, (idle << 16) | rules.len() as u32, 0)?)
+    }
+
+    fn reset_slot(&mut self, slot: u16, now: u64) -> Result<(), DataplaneError> {
+        let b = LimitBucket {
+            tat: 0,
+            warm_start: now,
+            last_seen: now,
+        };
+        self.state.set(slot as u32, LimitShared { b, lock: 0, _pad: 0 }, 0)?;
+        let zeros = PerCpuValues::try_from(vec![LimitCnt::default(); self.ncpus]).map_err(|e| DataplaneError::Io {
+            path: "per-CPU values".into(),
+            source: e,
+        })?;
+        Ok(self.counters.set(slot as u32, zeros, 0)?)
+    }
+
+    fn counters(&self, slot: u16) -> Result<LimitCnt, DataplaneError> {
+        let v = self.counters.get(&(slot as u32), 0)?;
+        Ok(v.iter().fold(LimitCnt::default(), |a, c| LimitCnt {
+            passed: a.passed + c.passed,
+            passed_bytes: a.passed_bytes + c.passed_bytes,
+            dropped: a.dropped + c.dropped,
+            dropped_bytes: a.dropped_bytes + c.dropped_bytes,
+            new_sources: a.new_sources + c.new_sources,
+        }))
+    }
+
+    fn sources(&self) -> Result<HashMap<(u16, u32), u64>, DataplaneError> {
+        let mut out = HashMap::new();
+        for k in self.sources.keys() {
+            // Entries may vanish during the walk (LRU eviction): skip them.
+            let Ok(k) = k else { continue };
+            *out.entry((k.slot, k.gen)).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    fn source_capacity(&self) -> u32 {
+        self.source_capacity
+    }
+}
+
+/// In-memory stand-in for tests.
+#[derive(Default)]
+pub struct MemLimitTables {
+    pub active: Vec<LimitRule>,
+    pub counters: HashMap<u16, LimitCnt>,
+    pub resets: Vec<u16>,
+}
+
+impl LimitTables for MemLimitTables {
+    fn publish(&mut self, rules: &[LimitRule]) -> Result<(), DataplaneError> {
+        self.active = rules.to_vec();
+        Ok(())
+    }
+
+    fn reset_slot(&mut self, slot: u16, _now: u64) -> Result<(), DataplaneError> {
+        self.resets.push(slot);
+        self.counters.remove(&slot);
+        Ok(())
+    }
+
+    fn counters(&self, slot: u16) -> Result<LimitCnt, DataplaneError> {
+        Ok(self.counters.get(&slot).copied().unwrap_or_default())
+    }
+
+    fn sources(&self) -> Result<HashMap<(u16, u32), u64>, DataplaneError> {
+        Ok(HashMap::new())
+    }
+
+    fn source_capacity(&self) -> u32 {
+        1024
+    }
+}
