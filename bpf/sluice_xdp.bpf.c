@@ -173,7 +173,7 @@ static __always_inline struct limit_bucket *src_bucket(struct limit_rule *r, str
 	struct limit_bucket *b = bpf_map_lookup_elem(&sl_lim_src, &k);
 	if (b)
 		return b;
-	struct limit_bucket fresh = { .tat = 0, .warm_start = c->now, .last_seen = c->now };
+	struct limit_bucket fresh = { .tat = c->now, .warm_start = c->now, .last_seen = c->now };
 	if (bpf_map_update_elem(&sl_lim_src, &k, &fresh, BPF_NOEXIST) == 0) {
 		struct limit_cnt *cnt = bpf_map_lookup_elem(&sl_lim_cnt, &slot);
 		if (cnt)
@@ -213,25 +213,27 @@ static long lim_one(__u32 i, void *data)
 	if (!b)
 		return 0;
 	__u64 cost = gcra_cost(units, r->unit_fp, r->shift);
+	__u64 charge = cost;
 	if (r->warmup_ns) {
 		/* Idle for a whole warm-up period: cold again. */
 		if (c->now - b->last_seen > r->warmup_ns)
 			b->warm_start = c->now;
 		b->last_seen = c->now;
-		cost = gcra_warm(cost, c->now, b->warm_start, r->warmup_ns);
+		charge = gcra_warm(cost, c->now, b->warm_start, r->warmup_ns);
 	}
+	__s64 limit = gcra_limit(r->tau, cost);
 	int ok;
 #ifdef SLUICE_LIMIT_SPINLOCK
 	if (sh) {
 		__u64 ntat;
 		bpf_spin_lock(&sh->lock);
-		ok = gcra_check(sh->b.tat, c->now, cost, r->tau, &ntat);
+		ok = gcra_check(sh->b.tat, c->now, limit, charge, &ntat);
 		if (ok)
 			sh->b.tat = ntat;
 		bpf_spin_unlock(&sh->lock);
 	} else
 #endif
-		ok = gcra_admit(&b->tat, c->now, cost, r->tau);
+		ok = gcra_admit(&b->tat, c->now, limit, charge);
 	struct limit_cnt *cnt = bpf_map_lookup_elem(&sl_lim_cnt, &slot);
 	if (cnt) {
 		if (ok) {

@@ -6,10 +6,12 @@
  *
  * The limiter is GCRA (the "virtual scheduling" form of a token bucket): a
  * bucket is one u64, its theoretical arrival time (TAT) on the kernel's
- * monotonic clock. A packet costing `cost` ns of rate-time conforms if
- * max(TAT, now) + cost - now <= tau, where tau = burst * ns-per-unit; a
- * conforming packet advances TAT by cost. Time is absolute, so there is no
- * refill timer and no drift; all comparisons are wrap-safe.
+ * monotonic clock. A packet whose units cost `cost` ns of rate-time conforms
+ * if max(TAT, now) - now <= tau - cost, where tau = burst * ns-per-unit
+ * (so an idle bucket admits exactly `burst` units at once); a conforming
+ * packet advances TAT by its charge: the cost, or during warm-up the cost
+ * scaled up by up to 3x. Time is absolute, so there is no refill timer and
+ * no drift; all comparisons are wrap-safe. A new bucket starts with TAT = now.
  */
 #ifndef SLUICE_GCRA_H
 #define SLUICE_GCRA_H
@@ -54,26 +56,32 @@ static __always_inline __u64 gcra_warm(__u64 cost, __u64 now, __u64 warm_start, 
 	       (GCRA_WARM_ONE + (GCRA_COLD_FACTOR - 1) * p);
 }
 
-/* One decision: 1 and *ntat set if the packet conforms, else 0. */
-static __always_inline int gcra_check(__u64 tat, __u64 now, __u64 cost, __u64 tau, __u64 *ntat)
+/* One decision: 1 and *ntat set if the packet conforms, else 0. `limit` is
+ * tau - cost (how far ahead TAT may already be); `charge` advances TAT. */
+static __always_inline int gcra_check(__u64 tat, __u64 now, __s64 limit, __u64 charge, __u64 *ntat)
 {
 	__u64 base = gcra_after(tat, now) ? tat : now;
-	__u64 n = base + cost;
-	if ((__s64)(n - now) > (__s64)tau)
+	if ((__s64)(base - now) > limit)
 		return 0;
-	*ntat = n;
+	*ntat = base + charge;
 	return 1;
+}
+
+/* The tolerance left for a packet of this cost (negative: never fits). */
+static __always_inline __s64 gcra_limit(__u64 tau, __u64 cost)
+{
+	return (__s64)tau - (__s64)cost;
 }
 
 /* Lock-free admission on a shared TAT: a bounded compare-and-swap loop, so
  * no update is lost when several CPUs hit one bucket. A packet that loses
  * every race is treated as over the limit (the bucket is that busy). */
-static __always_inline int gcra_admit(__u64 *tat_p, __u64 now, __u64 cost, __u64 tau)
+static __always_inline int gcra_admit(__u64 *tat_p, __u64 now, __s64 limit, __u64 charge)
 {
 	for (int i = 0; i < GCRA_CAS_TRIES; i++) {
 		__u64 tat = *(volatile __u64 *)tat_p;
 		__u64 ntat;
-		if (!gcra_check(tat, now, cost, tau, &ntat))
+		if (!gcra_check(tat, now, limit, charge, &ntat))
 			return 0;
 		if (__sync_val_compare_and_swap(tat_p, tat, ntat) == tat)
 			return 1;

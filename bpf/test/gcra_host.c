@@ -5,4 +5,5 @@
 
 __u64 sl_gcra_cost(__u64 units, __u64 unit_fp, __u32 shift) { return gcra_cost(units, unit_fp, shift); }
 __u64 sl_gcra_warm(__u64 cost, __u64 now, __u64 ws, __u64 w) { return gcra_warm(cost, now, ws, w); }
-int sl_gcra_admit(__u64 *tat, __u64 now, __u64 cost, __u64 tau) { return gcra_admit(tat, now, cost, tau); }
+__s64 sl_gcra_limit(__u64 tau, __u64 cost) { return gcra_limit(tau, cost); }
+int sl_gcra_admit(__u64 *tat, __u64 now, __s64 limit, __u64 charge) { return gcra_admit(tat, now, limit, charge); }

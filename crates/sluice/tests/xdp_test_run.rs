@@ -309,3 +309,210 @@ fn rule_deletion_takes_effect_and_empty_tables_are_skipped() {
     f.fw.delete(Action::Deny, &sluice::firewall::Selector::Id(id)).unwrap();
     assert_eq!(f.run_counted(&frame), (XDP_PASS, vec![stat::PASS]));
 }
+
+// ---- Rate limits (issue 3): matching, kinds, per-source, ordering ----
+
+use sluice::limits::LimitRequest;
+
+impl Fixture {
+    fn limit(&mut self, req: LimitRequest) -> i64 {
+        self.limits.add(req.validate().unwrap()).unwrap().id
+    }
+
+    /// How many of `n` copies of the frame pass.
+    fn passes(&mut self, frame: &[u8], n: usize) -> usize {
+        (0..n).filter(|_| self.run(frame) == XDP_PASS).count()
+    }
+
+    fn limit_stats(&self, id: i64) -> sluice::limits::LimitStats {
+        self.limits
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|(l, _)| l.id == id)
+            .unwrap()
+            .1
+    }
+}
+
+/// A 1 pps limit: in a test that lasts milliseconds, only the burst passes.
+fn slow(burst: i64) -> LimitRequest {
+    LimitRequest {
+        pps: Some(1),
+        burst: Some(burst),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn limit_by_source_cidr_passes_the_burst_and_drops_the_rest() {
+    let mut f = Fixture::new(&[]);
+    let id = f.limit(LimitRequest {
+        src: Some("198.18.1.0/24".into()),
+        ..slow(3)
+    });
+    let a = tcp("198.18.1.2", "198.18.2.2").build();
+    let (v, moved) = f.run_counted(&a);
+    assert_eq!((v, moved), (XDP_PASS, vec![stat::PASS]));
+    assert_eq!(f.passes(&a, 4), 2);
+    assert_eq!(f.run_counted(&a), (XDP_DROP, vec![stat::LIMIT]));
+    assert_eq!(
+        f.passes(&tcp("198.18.2.2", "198.18.1.2").build(), 10),
+        10,
+        "other sources untouched"
+    );
+    let st = f.limit_stats(id);
+    assert_eq!((st.passed, st.dropped), (3, 3));
+    assert_eq!(st.passed_bytes, 3 * a.len() as u64);
+}
+
+#[test]
+fn limit_by_destination_port_and_protocol() {
+    let mut f = Fixture::new(&[]);
+    f.limit(LimitRequest {
+        dst: Some("198.18.2.2".into()),
+        dst_port: Some("80/tcp".into()),
+        ..slow(2)
+    });
+    let web = Packet::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 80).build();
+    assert_eq!(f.passes(&web, 5), 2);
+    assert_eq!(
+        f.passes(&Packet::udp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 80).build(), 5),
+        5,
+        "udp"
+    );
+    assert_eq!(
+        f.passes(&Packet::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 81).build(), 5),
+        5,
+        "port"
+    );
+    assert_eq!(
+        f.passes(&Packet::tcp(ip("198.18.1.2"), ip("198.18.2.3"), 40000, 80).build(), 5),
+        5,
+        "dst"
+    );
+    // No transport header, no port match: fragments are not charged.
+    let frag = Packet::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 80)
+        .with_frag_offset(10)
+        .build();
+    assert_eq!(f.passes(&frag, 5), 5);
+}
+
+#[test]
+fn conns_counts_only_syns() {
+    let mut f = Fixture::new(&[]);
+    f.limit(LimitRequest {
+        pps: None,
+        conns: Some(1),
+        burst: Some(2),
+        dst_port: Some("80".into()),
+        ..Default::default()
+    });
+    let seg = |flags| {
+        Packet::new(
+            ip("198.18.1.2"),
+            ip("198.18.2.2"),
+            L4::Tcp {
+                sport: 40000,
+                dport: 80,
+                flags,
+            },
+        )
+        .build()
+    };
+    assert_eq!(f.passes(&seg(0x02), 5), 2, "SYNs beyond the burst are dropped");
+    assert_eq!(f.passes(&seg(0x10), 5), 5, "ACKs are not connection attempts");
+    assert_eq!(f.passes(&seg(0x12), 5), 5, "SYN-ACKs are not connection attempts");
+    assert_eq!(
+        f.passes(&Packet::udp(ip("198.18.1.2"), ip("198.18.2.2"), 1, 80).build(), 5),
+        5
+    );
+}
+
+#[test]
+fn per_source_buckets_are_independent_and_counted() {
+    let mut f = Fixture::new(&[]);
+    let id = f.limit(LimitRequest {
+        per_source: true,
+        ..slow(2)
+    });
+    for src in ["198.18.1.2", "198.18.1.3", "2001:2::5"] {
+        let dst = if src.contains(':') { "2001:2::1" } else { "198.18.2.2" };
+        assert_eq!(f.passes(&tcp(src, dst).build(), 5), 2, "{src}");
+    }
+    let st = f.limit_stats(id);
+    assert_eq!((st.passed, st.dropped, st.sources, st.evictions), (6, 9, 3, 0));
+}
+
+#[test]
+fn the_per_source_lru_stays_within_its_bound() {
+    let mut f = Fixture::new(&[]); // limit_sources = 64
+    let id = f.limit(LimitRequest {
+        per_source: true,
+        ..slow(1)
+    });
+    for i in 0..500u32 {
+        let src = format!("198.18.{}.{}", 1 + i / 250, 1 + i % 250);
+        assert_eq!(f.run(&tcp(&src, "198.18.9.9").build()), XDP_PASS);
+    }
+    let st = f.limit_stats(id);
+    assert!(st.sources <= 64, "{st:?}");
+    assert_eq!(st.sources + st.evictions, 500, "{st:?}");
+}
+
+#[test]
+fn bytes_per_second_charges_frame_length() {
+    let mut f = Fixture::new(&[]);
+    f.limit(LimitRequest {
+        bps: Some(1518),
+        burst: Some(1518),
+        ..Default::default()
+    });
+    let frame = tcp("198.18.1.2", "198.18.2.2").build();
+    assert_eq!(frame.len(), 54);
+    assert_eq!(f.passes(&frame, 40), 1518 / 54);
+}
+
+#[test]
+fn ipv6_limits_and_family_mismatch() {
+    let mut f = Fixture::new(&[]);
+    f.limit(LimitRequest {
+        src: Some("2001:2:0:1::/64".into()),
+        ..slow(1)
+    });
+    assert_eq!(f.passes(&tcp("2001:2:0:1::2", "2001:2::1").build(), 3), 1);
+    assert_eq!(f.passes(&tcp("2001:2:0:2::2", "2001:2::1").build(), 3), 3);
+    assert_eq!(
+        f.passes(&tcp("198.18.1.2", "198.18.2.2").build(), 3),
+        3,
+        "an IPv6 rule never matches IPv4"
+    );
+}
+
+#[test]
+fn a_packet_must_pass_every_rule_it_matches_and_the_firewall_comes_first() {
+    let mut f = Fixture::new(&[
+        (Action::Deny, "198.18.1.9", false),
+        (Action::Allow, "198.18.1.7", false),
+    ]);
+    let broad = f.limit(slow(10));
+    let narrow = f.limit(LimitRequest {
+        src: Some("198.18.1.2".into()),
+        ..slow(1)
+    });
+    let a = tcp("198.18.1.2", "198.18.2.2").build();
+    assert_eq!(f.passes(&a, 3), 1);
+    assert_eq!(f.limit_stats(narrow).dropped, 2);
+    assert_eq!(f.limit_stats(broad).passed, 3, "the broad rule saw all three");
+    // Deny drops before any limit is charged; allow skips the limits.
+    assert_eq!(
+        f.run_counted(&tcp("198.18.1.9", "198.18.2.2").build()),
+        (XDP_DROP, vec![stat::DENY])
+    );
+    assert_eq!(f.passes(&tcp("198.18.1.7", "198.18.2.2").build(), 20), 20);
+    assert_eq!(f.limit_stats(broad).passed, 3);
+    // Deleting a rule takes effect at once.
+    f.limits.delete(narrow).unwrap();
+    f.limits.delete(broad).unwrap();
+    assert_eq!(f.passes(&a, 20), 20);
+}
