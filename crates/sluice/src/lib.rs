@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod firewall;
+pub mod gen;
 pub mod lab;
 pub mod limits;
 pub mod rules;

@@ -81,11 +81,22 @@ pub struct Daemon {
     pub pins: PinDir,
     pub globs: Vec<String>,
     pub log: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 impl Daemon {
     pub fn start(tag: &str, globs: &[&str]) -> Self {
+        Self::start_with_config(tag, globs, "")
+    }
+
+    /// Starts with extra TOML config (e.g. `limit_sources = 256`).
+    pub fn start_with_config(tag: &str, globs: &[&str], toml: &str) -> Self {
         let state = tempfile::tempdir().unwrap();
+        let config = (!toml.is_empty()).then(|| {
+            let p = state.path().join("sluice.toml");
+            std::fs::write(&p, toml).unwrap();
+            p
+        });
         let mut d = Daemon {
             child: None,
             socket: state.path().join("sluice.sock"),
@@ -93,6 +104,7 @@ impl Daemon {
             state,
             pins: PinDir::new(tag),
             globs: globs.iter().map(|s| s.to_string()).collect(),
+            config,
         };
         d.spawn();
         d
@@ -110,6 +122,9 @@ impl Daemon {
             .arg(&self.pins.0);
         for g in &self.globs {
             cmd.arg("--iface").arg(g);
+        }
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
