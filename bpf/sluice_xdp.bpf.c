@@ -141,7 +141,8 @@ static __always_inline int match6(void *map, __u32 mask, int table, __u8 *addr, 
 struct lim_ctx {
 	struct pkt p;
 	__u64 len;
-	__u64 now;
+	__u64 now;    /* ns */
+	__u64 now_fp; /* 1/256 ns: the unit of TATs */
 	__u32 base;
 	__u32 dropped;
 };
@@ -173,7 +174,7 @@ static __always_inline struct limit_bucket *src_bucket(struct limit_rule *r, str
 	struct limit_bucket *b = bpf_map_lookup_elem(&sl_lim_src, &k);
 	if (b)
 		return b;
-	struct limit_bucket fresh = { .tat = c->now, .warm_start = c->now, .last_seen = c->now };
+	struct limit_bucket fresh = { .tat = c->now_fp, .warm_start = c->now, .last_seen = c->now };
 	if (bpf_map_update_elem(&sl_lim_src, &k, &fresh, BPF_NOEXIST) == 0) {
 		struct limit_cnt *cnt = bpf_map_lookup_elem(&sl_lim_cnt, &slot);
 		if (cnt)
@@ -227,13 +228,13 @@ static long lim_one(__u32 i, void *data)
 	if (sh) {
 		__u64 ntat;
 		bpf_spin_lock(&sh->lock);
-		ok = gcra_check(sh->b.tat, c->now, limit, charge, &ntat);
+		ok = gcra_check(sh->b.tat, c->now_fp, limit, charge, &ntat);
 		if (ok)
 			sh->b.tat = ntat;
 		bpf_spin_unlock(&sh->lock);
 	} else
 #endif
-		ok = gcra_admit(&b->tat, c->now, limit, charge);
+		ok = gcra_admit(&b->tat, c->now_fp, limit, charge);
 	struct limit_cnt *cnt = bpf_map_lookup_elem(&sl_lim_cnt, &slot);
 	if (cnt) {
 		if (ok) {
@@ -264,6 +265,7 @@ static __always_inline int limited(struct pkt *p, __u64 len)
 	if (n > SLUICE_MAX_LIMITS)
 		n = SLUICE_MAX_LIMITS;
 	struct lim_ctx c = { .len = len, .now = bpf_ktime_get_ns(), .base = (*sel >> 16) ? SLUICE_MAX_LIMITS : 0 };
+	c.now_fp = c.now << GCRA_TIME_SHIFT;
 	c.p = *p;
 	bpf_loop(n, lim_one, &c, 0);
 	return c.dropped;

@@ -12,6 +12,11 @@
  * packet advances TAT by its charge: the cost, or during warm-up the cost
  * scaled up by up to 3x. Time is absolute, so there is no refill timer and
  * no drift; all comparisons are wrap-safe. A new bucket starts with TAT = now.
+ *
+ * TAT, costs and tau are in 1/256 ns (GCRA_TIME_SHIFT), so that even at
+ * 10^9 packets/s a packet's cost (256 units) is not lost to rounding; the
+ * monotonic clock in those units wraps after 2.3 years of uptime, which the
+ * wrap-safe comparisons absorb. Warm-up bookkeeping stays in plain ns.
  */
 #ifndef SLUICE_GCRA_H
 #define SLUICE_GCRA_H
@@ -22,6 +27,8 @@
 #define __always_inline inline __attribute__((always_inline))
 #endif
 
+/* TAT units per ns. */
+#define GCRA_TIME_SHIFT 8
 /* Warm-up progress is fixed point: GCRA_WARM_ONE is 1.0. */
 #define GCRA_WARM_ONE 1024
 /* Sentinel's cold factor: a cold rule admits rate / 3. */
@@ -35,15 +42,17 @@ static __always_inline int gcra_after(__u64 a, __u64 b)
 	return (__s64)(a - b) > 0;
 }
 
-/* Rate-time of `units` (packets or bytes): (units * unit_fp) >> shift ns.
- * User space picks shift so the product cannot overflow. */
+/* Rate-time of `units` (packets or bytes), in 1/256 ns:
+ * (units * unit_fp) >> shift. User space picks shift so the product cannot
+ * overflow. */
 static __always_inline __u64 gcra_cost(__u64 units, __u64 unit_fp, __u32 shift)
 {
 	return (units * unit_fp) >> (shift & 63);
 }
 
 /* Warm-up: the admitted rate ramps linearly from rate/3 to rate over
- * warmup_ns after warm_start, i.e. the cost is scaled by 3 / (1 + 2p). */
+ * warmup_ns after warm_start (times in ns), i.e. the cost is scaled by
+ * 3 / (1 + 2p). */
 static __always_inline __u64 gcra_warm(__u64 cost, __u64 now, __u64 warm_start, __u64 warmup_ns)
 {
 	if (!warmup_ns)

@@ -117,12 +117,12 @@ struct limit_rule {
 	__u16 slot;    /* index into sl_lim_state and sl_lim_cnt */
 	__u32 gen;     /* generation of the rule in this slot */
 	__u32 shift;   /* fixed-point shift of unit_fp */
-	__u64 unit_fp; /* ns of rate-time per unit (packet/byte), << shift */
-	__u64 tau;     /* burst tolerance: burst * ns per unit */
+	__u64 unit_fp; /* 1/256 ns of rate-time per unit (packet/byte), << shift */
+	__u64 tau;     /* burst tolerance: burst * time per unit, 1/256 ns */
 	__u64 warmup_ns;
 };
 
-/* A bucket (see gcra.h): TAT plus warm-up bookkeeping. */
+/* A bucket (see gcra.h): TAT (1/256 ns) plus warm-up bookkeeping (ns). */
 struct limit_bucket {
 	__u64 tat;
 	__u64 warm_start;

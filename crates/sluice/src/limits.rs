@@ -19,8 +19,13 @@ use crate::{
     store::{Store, StoreError},
 };
 
-/// Largest rate accepted (packets, bytes or connections per second).
-pub const MAX_RATE: u64 = 1_000_000_000_000;
+/// Largest packets/s or connections/s accepted: one packet then costs 256
+/// of the limiter's 1/256 ns time units, so rounding stays below 0.4%.
+pub const MAX_RATE: u64 = 1_000_000_000;
+/// Largest bytes/s accepted (8 Tbit/s).
+pub const MAX_BYTE_RATE: u64 = 1_000_000_000_000;
+/// The limiter's time unit: TATs are in 1/2^TIME_SHIFT ns (`GCRA_TIME_SHIFT`).
+pub const TIME_SHIFT: u32 = 8;
 /// Longest warm-up, and the most rate-time a burst may hold.
 pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// Smallest `--bps` burst: one full-size frame with a VLAN tag.
@@ -36,8 +41,8 @@ pub enum LimitError {
     Kind,
     #[error("{what} must be a positive number, not {value}")]
     NotPositive { what: &'static str, value: i64 },
-    #[error("rate {0} is above the maximum of {MAX_RATE}")]
-    RateTooHigh(i64),
+    #[error("rate {0} is above the maximum of {1} per second")]
+    RateTooHigh(i64, u64),
     #[error("burst {burst} is smaller than one packet ({min} {unit})")]
     BurstTooSmall { burst: i64, min: u64, unit: &'static str },
     #[error("burst {burst} holds more than an hour of the rate {rate}/s")]
@@ -219,8 +224,13 @@ impl LimitRequest {
                 value: rate,
             });
         }
-        if rate as u64 > MAX_RATE {
-            return Err(LimitError::RateTooHigh(rate));
+        let max = if kind == LimitKind::Bps {
+            MAX_BYTE_RATE
+        } else {
+            MAX_RATE
+        };
+        if rate as u64 > max {
+            return Err(LimitError::RateTooHigh(rate, max));
         }
         let rate = rate as u64;
         let min = if kind == LimitKind::Bps { MIN_BPS_BURST } else { 1 };
@@ -286,13 +296,14 @@ impl LimitRequest {
     }
 }
 
-/// The kernel's fixed-point GCRA parameters of a rate.
+/// The kernel's fixed-point GCRA parameters of a rate. Times are in the
+/// limiter's unit of 1/256 ns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gcra {
-    /// ns of rate-time per unit, shifted left by `shift`.
+    /// Time units of rate-time per packet/byte, shifted left by `shift`.
     pub unit_fp: u64,
     pub shift: u32,
-    /// Burst tolerance: burst * ns per unit.
+    /// Burst tolerance: burst * time units per packet/byte.
     pub tau: u64,
 }
 
@@ -303,13 +314,14 @@ impl Gcra {
         let max_units: u128 = if kind == LimitKind::Bps { MAX_FRAME } else { 1 };
         let mut shift = 32u32;
         let unit_fp = loop {
-            let fp = (1_000_000_000u128 << shift) / rate as u128;
+            let fp = (1_000_000_000u128 << (shift + TIME_SHIFT)) / rate as u128;
             if fp * max_units < 1 << 62 || shift == 0 {
                 break fp as u64;
             }
             shift -= 1;
         };
-        let tau = (burst as u128 * 1_000_000_000 / rate as u128) as u64;
+        let tau = ((burst as u128 * 1_000_000_000) << TIME_SHIFT) / rate as u128;
+        let tau = tau as u64;
         Gcra { unit_fp, shift, tau }
     }
 }
@@ -668,23 +680,32 @@ mod tests {
                 pps: Some(MAX_RATE as i64 + 1),
                 ..req()
             }),
-            LimitError::RateTooHigh(_)
+            LimitError::RateTooHigh(..)
         ));
+        assert!(LimitRequest {
+            pps: None,
+            bps: Some(MAX_RATE as i64 * 10),
+            ..req()
+        }
+        .validate()
+        .is_ok());
     }
 
     #[test]
     fn gcra_parameters() {
-        // 1000 pps: 1 ms per packet, burst 10 -> tau 10 ms.
+        // 1000 pps: 1 ms per packet, burst 10 -> tau 10 ms (in 1/256 ns).
         let g = Gcra::new(LimitKind::Pps, 1000, 10);
-        assert_eq!(g.shift, 32);
-        assert_eq!(g.unit_fp >> g.shift, 1_000_000);
-        assert_eq!(g.tau, 10_000_000);
+        assert_eq!(g.unit_fp >> g.shift, 1_000_000 << TIME_SHIFT);
+        assert_eq!(g.tau, 10_000_000 << TIME_SHIFT);
+        // The fastest accepted rate still costs 256 units per packet.
+        let g = Gcra::new(LimitKind::Pps, MAX_RATE, MAX_RATE);
+        assert_eq!(g.unit_fp >> g.shift, 256);
         // Bytes: the cost of a 64 KiB frame must not overflow.
-        for rate in [1u64, 7, 1500, 125_000_000, MAX_RATE] {
+        for rate in [1u64, 7, 1500, 125_000_000, MAX_BYTE_RATE] {
             let g = Gcra::new(LimitKind::Bps, rate, rate.max(MIN_BPS_BURST));
             assert!((g.unit_fp as u128) * MAX_FRAME < 1 << 62, "rate {rate}");
             // Relative precision of the per-byte cost better than 1e-4.
-            let exact = 1e9 / rate as f64;
+            let exact = 256e9 / rate as f64;
             let got = g.unit_fp as f64 / (1u64 << g.shift) as f64;
             assert!(((got - exact) / exact).abs() < 1e-4, "rate {rate}: {got} vs {exact}");
         }

@@ -10,10 +10,19 @@ extern "C" {
     fn sl_gcra_cost(units: u64, unit_fp: u64, shift: u32) -> u64;
     fn sl_gcra_warm(cost: u64, now: u64, warm_start: u64, warmup_ns: u64) -> u64;
     fn sl_gcra_limit(tau: u64, cost: u64) -> i64;
-    fn sl_gcra_admit(tat: *mut u64, now: u64, limit: i64, charge: u64) -> i32;
+    fn sl_gcra_admit(tat: *mut u64, now_fp: u64, limit: i64, charge: u64) -> i32;
+    fn sl_gcra_time_shift() -> u32;
 }
 
 const SEC: u64 = 1_000_000_000;
+
+/// The kernel's TAT time unit: now << GCRA_TIME_SHIFT (bits shifted out
+/// wrap, exactly as in C).
+fn fp(ns: u64) -> u64 {
+    let shift = unsafe { sl_gcra_time_shift() };
+    assert_eq!(shift, sluice::limits::TIME_SHIFT, "C and Rust agree on the time unit");
+    ns << shift
+}
 
 struct Bucket {
     tat: u64,
@@ -26,7 +35,7 @@ impl Bucket {
     /// A new bucket at time `now` (the kernel starts TAT at the creation time).
     fn new(kind: LimitKind, rate: u64, burst: u64, now: u64) -> Self {
         Bucket {
-            tat: now,
+            tat: fp(now),
             g: Gcra::new(kind, rate, burst),
             warmup_ns: 0,
             warm_start: now,
@@ -38,7 +47,7 @@ impl Bucket {
         unsafe {
             let cost = sl_gcra_cost(units, self.g.unit_fp, self.g.shift);
             let charge = sl_gcra_warm(cost, now, self.warm_start, self.warmup_ns);
-            sl_gcra_admit(&mut self.tat, now, sl_gcra_limit(self.g.tau, cost), charge) == 1
+            sl_gcra_admit(&mut self.tat, fp(now), sl_gcra_limit(self.g.tau, cost), charge) == 1
         }
     }
 
@@ -57,9 +66,9 @@ impl Bucket {
 #[test]
 fn cost_is_ns_of_rate_time() {
     let g = Gcra::new(LimitKind::Pps, 1000, 1000);
-    assert_eq!(unsafe { sl_gcra_cost(1, g.unit_fp, g.shift) }, 1_000_000);
+    assert_eq!(unsafe { sl_gcra_cost(1, g.unit_fp, g.shift) }, fp(1_000_000));
     let g = Gcra::new(LimitKind::Bps, 1_000_000, 1_000_000);
-    assert_eq!(unsafe { sl_gcra_cost(1500, g.unit_fp, g.shift) }, 1_500_000);
+    assert_eq!(unsafe { sl_gcra_cost(1500, g.unit_fp, g.shift) }, fp(1_500_000));
 }
 
 #[test]
@@ -124,7 +133,7 @@ fn warm_up_ramps_from_a_third_to_the_full_rate() {
 
 #[test]
 fn the_clock_wrapping_around_changes_nothing() {
-    let start = u64::MAX - SEC / 2; // wraps half-way through the first second
+    let start = (u64::MAX >> sluice::limits::TIME_SHIFT) - SEC / 2; // the TAT clock wraps half-way through
     let mut wrapped = Bucket::new(LimitKind::Pps, 1000, 100, start);
     let mut plain = Bucket::new(LimitKind::Pps, 1000, 100, SEC);
     let gap = SEC / 10_000;
@@ -152,7 +161,7 @@ fn concurrent_updates_are_not_lost() {
     // Four threads hammer one shared TAT at the same simulated instant: the
     // compare-and-swap loop must admit exactly the burst, never more.
     let now = 100 * SEC;
-    let tat = Arc::new(AtomicU64::new(now));
+    let tat = Arc::new(AtomicU64::new(fp(now)));
     let g = Gcra::new(LimitKind::Pps, 1000, 5000);
     let passed: u64 = (0..4)
         .map(|_| {
@@ -163,7 +172,7 @@ fn concurrent_updates_are_not_lost() {
                     // SAFETY: AtomicU64 has the layout of u64; the C side uses atomic CAS.
                     let ok = unsafe {
                         let cost = sl_gcra_cost(1, g.unit_fp, g.shift);
-                        sl_gcra_admit(tat.as_ptr(), now, sl_gcra_limit(g.tau, cost), cost)
+                        sl_gcra_admit(tat.as_ptr(), fp(now), sl_gcra_limit(g.tau, cost), cost)
                     };
                     n += ok as u64;
                 }
@@ -176,5 +185,5 @@ fn concurrent_updates_are_not_lost() {
     // fall short under contention but must never exceed the burst.
     assert!(passed <= 5000, "{passed} admitted, burst is 5000");
     assert!(passed >= 4500, "{passed}: too many lost races");
-    assert_eq!(tat.load(Ordering::SeqCst), now + passed * 1_000_000);
+    assert_eq!(tat.load(Ordering::SeqCst), fp(now) + passed * fp(1_000_000));
 }

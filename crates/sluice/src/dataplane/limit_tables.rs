@@ -68,8 +68,9 @@ impl LimitTables for KernelLimitTables {
     }
 
     fn reset_slot(&mut self, slot: u16, now: u64) -> Result<(), DataplaneError> {
+        // A new bucket starts full: TAT = now, in the limiter's 1/256 ns.
         let b = LimitBucket {
-            tat: 0,
+            tat: now << crate::limits::TIME_SHIFT,
             warm_start: now,
             last_seen: now,
         };
