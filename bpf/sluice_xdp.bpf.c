@@ -14,6 +14,7 @@
 #include "sluice_abi.h"
 #include "parse.h"
 #include "gcra.h"
+#include "events.h"
 
 #define LPM_MAP(NAME, KEY)                                   \
 	struct {                                             \
@@ -101,6 +102,38 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_lim_cnt SEC(".maps");
 
+/* ---- Events and per-interface counters ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ev_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_ev_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ev_rl);
+	__uint(max_entries, 1);
+} sl_ev_rl SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} sl_ev_sample SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct if_stat_key);
+	__type(value, struct counter);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_if_stats SEC(".maps");
+
 static __always_inline void count(void *map, __u32 idx, __u64 len)
 {
 	struct counter *c = bpf_map_lookup_elem(map, &idx);
@@ -111,8 +144,8 @@ static __always_inline void count(void *map, __u32 idx, __u64 len)
 }
 
 /* Looks addr up in one table if the table is non-empty; on a hit, counts
- * the rule and returns 1. */
-static __always_inline int match4(void *map, __u32 mask, int table, __u8 *addr, __u64 len)
+ * the rule and returns its slot + 1, else 0. */
+static __always_inline __u32 match4(void *map, __u32 mask, int table, __u8 *addr, __u64 len)
 {
 	if (!(mask & (1u << table)))
 		return 0;
@@ -122,10 +155,10 @@ static __always_inline int match4(void *map, __u32 mask, int table, __u8 *addr, 
 	if (!r)
 		return 0;
 	count(&sl_rule_cnt, r->slot, len);
-	return 1;
+	return r->slot + 1;
 }
 
-static __always_inline int match6(void *map, __u32 mask, int table, __u8 *addr, __u64 len)
+static __always_inline __u32 match6(void *map, __u32 mask, int table, __u8 *addr, __u64 len)
 {
 	if (!(mask & (1u << table)))
 		return 0;
@@ -135,7 +168,7 @@ static __always_inline int match6(void *map, __u32 mask, int table, __u8 *addr, 
 	if (!r)
 		return 0;
 	count(&sl_rule_cnt, r->slot, len);
-	return 1;
+	return r->slot + 1;
 }
 
 struct lim_ctx {
@@ -246,14 +279,15 @@ static long lim_one(__u32 i, void *data)
 		}
 	}
 	if (!ok) {
-		c->dropped = 1;
+		c->dropped = slot + 1;
 		return 1;
 	}
 	return 0;
 }
 
-/* Applies every limit rule the packet matches; 1 if one of them drops it. */
-static __always_inline int limited(struct pkt *p, __u64 len)
+/* Applies every limit rule the packet matches; the slot + 1 of the rule
+ * that drops it, or 0. */
+static __always_inline __u32 limited(struct pkt *p, __u64 len)
 {
 	__u32 zero = 0;
 	__u32 *sel = bpf_map_lookup_elem(&sl_lim_sel, &zero);
@@ -271,6 +305,75 @@ static __always_inline int limited(struct pkt *p, __u64 len)
 	return c.dropped;
 }
 
+/* Which rule decided, for drop events. */
+struct why {
+	__u8 kind; /* enum rule_kind */
+	__u32 slot;
+};
+
+/* Counts the verdict (globally and per interface), and emits a drop event
+ * (rate-limited per CPU) or a sampled packet event. */
+static __always_inline void verdict(struct xdp_md *ctx, struct pkt *p, __u32 idx, __u64 len, struct why w)
+{
+	count(&sl_stats, idx, len);
+	struct if_stat_key k = { .ifindex = ctx->ingress_ifindex, .verdict = idx };
+	struct counter *c = bpf_map_lookup_elem(&sl_if_stats, &k);
+	if (!c) {
+		struct counter zero = {};
+		bpf_map_update_elem(&sl_if_stats, &k, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&sl_if_stats, &k);
+	}
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+
+	__u32 zero = 0;
+	struct ev_config *cfg = bpf_map_lookup_elem(&sl_ev_cfg, &zero);
+	if (!cfg)
+		return;
+	int drop = idx == STAT_DENY || idx == STAT_LIMIT;
+	__u16 kind = EV_PACKET;
+	__u32 lost = EVL_PACKET;
+	if (drop) {
+		struct ev_rl *rl = bpf_map_lookup_elem(&sl_ev_rl, &zero);
+		if (!rl)
+			return;
+		__u64 now = bpf_ktime_get_ns();
+		if (now - rl->window_start >= 1000000000ULL) {
+			rl->window_start = now;
+			rl->count = 0;
+		}
+		if (rl->count >= cfg->drop_events_per_sec) {
+			ev_lost(EVL_DROP_LIMIT);
+			return;
+		}
+		rl->count++;
+		kind = EV_DROP;
+		lost = EVL_DROP;
+	} else {
+		__u64 *n = bpf_map_lookup_elem(&sl_ev_sample, &zero);
+		if (!n || !cfg->sample_every || ++*n % cfg->sample_every)
+			return;
+	}
+	struct ev_packet *e = ev_reserve(sizeof(*e), kind, lost);
+	if (!e)
+		return;
+	e->ifindex = ctx->ingress_ifindex;
+	e->len = len;
+	e->family = p->family;
+	e->l4proto = p->l4proto;
+	e->verdict = idx;
+	e->rule_kind = w.kind;
+	e->rule_slot = w.slot;
+	e->sport = bpf_ntohs(p->sport);
+	e->dport = bpf_ntohs(p->dport);
+	e->_pad = 0;
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	bpf_ringbuf_submit(e, 0);
+}
+
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
 {
@@ -278,15 +381,12 @@ int sluice_xdp(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	__u64 len = end - data;
 	struct pkt p = {};
-	__u32 zero = 0;
+	struct why w = {};
+	__u32 zero = 0, hit;
 
 	int rc = parse_pkt(data, end, &p);
-	if (rc == PARSE_NON_IP) {
-		count(&sl_stats, STAT_NON_IP, len);
-		return XDP_PASS;
-	}
 	if (rc != PARSE_OK) {
-		count(&sl_stats, STAT_UNPARSED, len);
+		verdict(ctx, &p, rc == PARSE_NON_IP ? STAT_NON_IP : STAT_UNPARSED, len, w);
 		return XDP_PASS;
 	}
 	if (p.flags & PKT_F_FRAG)
@@ -298,31 +398,38 @@ int sluice_xdp(struct xdp_md *ctx)
 	__u32 mask = cfg ? cfg->table_mask : 0;
 
 	if (p.family == 4) {
-		if (match4(&sl_allow_src4, mask, FW_ALLOW_SRC4, p.saddr, len) ||
-		    match4(&sl_allow_dst4, mask, FW_ALLOW_DST4, p.daddr, len))
+		if ((hit = match4(&sl_allow_src4, mask, FW_ALLOW_SRC4, p.saddr, len)) ||
+		    (hit = match4(&sl_allow_dst4, mask, FW_ALLOW_DST4, p.daddr, len)))
 			goto allow;
-		if (match4(&sl_deny_src4, mask, FW_DENY_SRC4, p.saddr, len) ||
-		    match4(&sl_deny_dst4, mask, FW_DENY_DST4, p.daddr, len))
+		if ((hit = match4(&sl_deny_src4, mask, FW_DENY_SRC4, p.saddr, len)) ||
+		    (hit = match4(&sl_deny_dst4, mask, FW_DENY_DST4, p.daddr, len)))
 			goto deny;
 	} else {
-		if (match6(&sl_allow_src6, mask, FW_ALLOW_SRC6, p.saddr, len) ||
-		    match6(&sl_allow_dst6, mask, FW_ALLOW_DST6, p.daddr, len))
+		if ((hit = match6(&sl_allow_src6, mask, FW_ALLOW_SRC6, p.saddr, len)) ||
+		    (hit = match6(&sl_allow_dst6, mask, FW_ALLOW_DST6, p.daddr, len)))
 			goto allow;
-		if (match6(&sl_deny_src6, mask, FW_DENY_SRC6, p.saddr, len) ||
-		    match6(&sl_deny_dst6, mask, FW_DENY_DST6, p.daddr, len))
+		if ((hit = match6(&sl_deny_src6, mask, FW_DENY_SRC6, p.saddr, len)) ||
+		    (hit = match6(&sl_deny_dst6, mask, FW_DENY_DST6, p.daddr, len)))
 			goto deny;
 	}
-	if (limited(&p, len)) {
-		count(&sl_stats, STAT_LIMIT, len);
+	hit = limited(&p, len);
+	if (hit) {
+		w.kind = RULE_LIMIT;
+		w.slot = hit - 1;
+		verdict(ctx, &p, STAT_LIMIT, len, w);
 		return XDP_DROP;
 	}
-	count(&sl_stats, STAT_PASS, len);
+	verdict(ctx, &p, STAT_PASS, len, w);
 	return XDP_PASS;
 allow:
-	count(&sl_stats, STAT_ALLOW, len);
+	w.kind = RULE_ALLOW;
+	w.slot = hit - 1;
+	verdict(ctx, &p, STAT_ALLOW, len, w);
 	return XDP_PASS;
 deny:
-	count(&sl_stats, STAT_DENY, len);
+	w.kind = RULE_DENY;
+	w.slot = hit - 1;
+	verdict(ctx, &p, STAT_DENY, len, w);
 	return XDP_DROP;
 }
 

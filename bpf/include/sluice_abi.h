@@ -20,7 +20,7 @@
 #define SLUICE_SPIN_LOCK __u32
 #endif
 
-#define SLUICE_ABI_VERSION 2
+#define SLUICE_ABI_VERSION 3
 
 /* Default capacity of each firewall table and of the rule counter array.
  * The daemon overrides it from its config (max_rules) at load time. */
@@ -158,7 +158,110 @@ struct limit_cnt {
 /* Bound on the IPv6 extension-header walk. */
 #define SLUICE_MAX_IPV6_EXT 8
 
+/* ---- Events (ring buffer sl_events, shared by every program) ---- */
+
+/* Default ring size in bytes (config: events_ring_bytes; a power of 2). */
+#define SLUICE_DEFAULT_RING_BYTES (1 << 22)
+/* Default: one packet event per this many packets, per CPU (0 = off). */
+#define SLUICE_DEFAULT_SAMPLE_EVERY 0
+/* Default cap on drop events per second, per CPU. */
+#define SLUICE_DEFAULT_DROP_EVENTS 1000
+
+enum ev_kind {
+	EV_CONN = 1,   /* struct ev_conn */
+	EV_PACKET = 2, /* struct ev_packet: a sampled packet */
+	EV_DROP = 3,   /* struct ev_packet: a dropped packet */
+};
+
+/* Indexes of sl_ev_lost (per-CPU u64): events the kernel could not deliver. */
+enum ev_lost_idx {
+	EVL_CONN = 0,       /* ring buffer full */
+	EVL_PACKET = 1,     /* ring buffer full */
+	EVL_DROP = 2,       /* ring buffer full */
+	EVL_DROP_LIMIT = 3, /* over drop_events_per_sec: not even tried */
+	EVL_COUNT = 4,
+};
+
+struct ev_hdr {
+	__u16 kind;
+	__u16 size;
+	__u32 cpu;
+	__u64 ts_ns; /* CLOCK_MONOTONIC */
+};
+
+enum conn_dir {
+	CONN_DIR_UNKNOWN = 0,
+	CONN_DIR_OUT = 1, /* this host (or container) connected */
+	CONN_DIR_IN = 2,  /* accepted by a local listener */
+};
+
+/* A TCP state change. Addresses and ports are as the kernel names them on
+ * this socket: s* is the local end, d* the remote end. */
+struct ev_conn {
+	struct ev_hdr h;
+	__u64 sock;        /* kernel socket address: an id, valid until close */
+	__u64 duration_ns; /* newstate == CLOSE: time since the first state seen */
+	__u32 pid;         /* owning process (tgid) */
+	__u32 netns;       /* network namespace inode */
+	char comm[16];
+	__u8 family;       /* 4 or 6 */
+	__u8 oldstate;
+	__u8 newstate;     /* TCP_* numbering of the kernel */
+	__u8 dir;          /* enum conn_dir */
+	__u16 sport;       /* host order */
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+enum rule_kind {
+	RULE_NONE = 0,
+	RULE_DENY = 1,
+	RULE_ALLOW = 2,
+	RULE_LIMIT = 3,
+};
+
+/* A sampled or dropped packet seen by XDP. */
+struct ev_packet {
+	struct ev_hdr h;
+	__u32 ifindex;
+	__u32 len;
+	__u8 family;
+	__u8 l4proto;
+	__u8 verdict;   /* enum stat_idx */
+	__u8 rule_kind; /* enum rule_kind */
+	__u32 rule_slot;
+	__u16 sport;    /* host order; 0 without a transport header */
+	__u16 dport;
+	__u32 _pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* sl_ev_cfg[0], written by the daemon. */
+struct ev_config {
+	__u32 sample_every;
+	__u32 drop_events_per_sec;
+};
+
+/* Per-CPU state of the drop-event rate limit. */
+struct ev_rl {
+	__u64 window_start;
+	__u64 count;
+};
+
+/* Key of sl_if_stats: packets by interface and verdict. */
+struct if_stat_key {
+	__u32 ifindex;
+	__u32 verdict;
+};
+
 #ifdef __bpf__
+_Static_assert(sizeof(struct ev_hdr) == 16, "ev_hdr size");
+_Static_assert(sizeof(struct ev_conn) == 96, "ev_conn size");
+_Static_assert(sizeof(struct ev_packet) == 72, "ev_packet size");
+_Static_assert(sizeof(struct ev_config) == 8, "ev_config size");
+_Static_assert(sizeof(struct if_stat_key) == 8, "if_stat_key size");
 _Static_assert(sizeof(struct lpm_v4_key) == 8, "lpm_v4_key size");
 _Static_assert(sizeof(struct lpm_v6_key) == 20, "lpm_v6_key size");
 _Static_assert(sizeof(struct fw_rule) == 8, "fw_rule size");

@@ -12,7 +12,7 @@
 use core::mem::{offset_of, size_of};
 
 /// `SLUICE_ABI_VERSION`: bumped whenever a pinned map's layout changes.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// `SLUICE_DEFAULT_MAX_RULES`: capacity compiled into the object.
 pub const DEFAULT_MAX_RULES: u32 = 65536;
 /// `SLUICE_MAX_IPV6_EXT`: bound on the IPv6 extension-header walk.
@@ -223,7 +223,7 @@ pub mod xdp {
     pub const LIMIT_SOURCES: &str = "sl_lim_src";
     pub const LIMIT_COUNTERS: &str = "sl_lim_cnt";
     /// Every map the object defines, table maps included.
-    pub const MAPS: [&str; 16] = [
+    pub const MAPS: [&str; 22] = [
         "sl_allow_src4",
         "sl_allow_dst4",
         "sl_allow_src6",
@@ -240,7 +240,111 @@ pub mod xdp {
         LIMIT_STATE,
         LIMIT_SOURCES,
         LIMIT_COUNTERS,
+        "sl_events",
+        "sl_ev_lost",
+        "sl_ev_cfg",
+        "sl_ev_rl",
+        "sl_ev_sample",
+        "sl_if_stats",
     ];
+}
+
+/// Events (`sl_events` ring buffer).
+pub mod ev {
+    pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
+    pub const DEFAULT_SAMPLE_EVERY: u32 = 0;
+    pub const DEFAULT_DROP_EVENTS: u32 = 1000;
+    pub const CONN: u16 = 1;
+    pub const PACKET: u16 = 2;
+    pub const DROP: u16 = 3;
+    /// `sl_ev_lost` indexes.
+    pub const LOST_CONN: u32 = 0;
+    pub const LOST_PACKET: u32 = 1;
+    pub const LOST_DROP: u32 = 2;
+    pub const LOST_DROP_LIMIT: u32 = 3;
+    pub const LOST_COUNT: u32 = 4;
+    pub const DIR_OUT: u8 = 1;
+    pub const DIR_IN: u8 = 2;
+    pub const RULE_DENY: u8 = 1;
+    pub const RULE_ALLOW: u8 = 2;
+    pub const RULE_LIMIT: u8 = 3;
+    pub const RING: &str = "sl_events";
+    pub const LOST: &str = "sl_ev_lost";
+    pub const CONFIG: &str = "sl_ev_cfg";
+    pub const IF_STATS: &str = "sl_if_stats";
+}
+
+/// `struct ev_hdr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvHdr {
+    pub kind: u16,
+    pub size: u16,
+    pub cpu: u32,
+    pub ts_ns: u64,
+}
+
+/// `struct ev_conn`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvConn {
+    pub h: EvHdr,
+    pub sock: u64,
+    pub duration_ns: u64,
+    pub pid: u32,
+    pub netns: u32,
+    pub comm: [u8; 16],
+    pub family: u8,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub dir: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// `struct ev_packet`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvPacket {
+    pub h: EvHdr,
+    pub ifindex: u32,
+    pub len: u32,
+    pub family: u8,
+    pub l4proto: u8,
+    pub verdict: u8,
+    pub rule_kind: u8,
+    pub rule_slot: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// `struct ev_config`: entry 0 of `sl_ev_cfg`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvConfig {
+    pub sample_every: u32,
+    pub drop_events_per_sec: u32,
+}
+
+/// `struct if_stat_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfStatKey {
+    pub ifindex: u32,
+    pub verdict: u32,
+}
+
+/// Names in the connection-tracing object.
+pub mod trace {
+    pub const PROGRAM: &str = "sluice_conn";
+    pub const CATEGORY: &str = "sock";
+    pub const TRACEPOINT: &str = "inet_sock_set_state";
+    pub const MAPS: [&str; 4] = ["sl_events", "sl_ev_lost", "sl_socks", "sl_listeners"];
 }
 
 /// Names in the traffic-generator object (tests and benchmarks only).
@@ -281,6 +385,16 @@ const _: () = {
     assert!(offset_of!(LimitSrcKey, addr) == 8);
     assert!(size_of::<LimitCnt>() == 40);
     assert!(size_of::<GenCfg>() == 8);
+    assert!(size_of::<EvHdr>() == 16);
+    assert!(size_of::<EvConn>() == 96);
+    assert!(offset_of!(EvConn, comm) == 40);
+    assert!(offset_of!(EvConn, sport) == 60);
+    assert!(offset_of!(EvConn, saddr) == 64);
+    assert!(size_of::<EvPacket>() == 72);
+    assert!(offset_of!(EvPacket, rule_slot) == 28);
+    assert!(offset_of!(EvPacket, saddr) == 40);
+    assert!(size_of::<EvConfig>() == 8);
+    assert!(size_of::<IfStatKey>() == 8);
 };
 
 #[cfg(feature = "aya")]
@@ -298,6 +412,8 @@ mod pod {
     unsafe impl aya::Pod for super::LimitSrcKey {}
     unsafe impl aya::Pod for super::LimitCnt {}
     unsafe impl aya::Pod for super::GenCfg {}
+    unsafe impl aya::Pod for super::EvConfig {}
+    unsafe impl aya::Pod for super::IfStatKey {}
 }
 
 #[cfg(test)]
@@ -364,6 +480,26 @@ mod header_sync {
         assert_eq!(get("LIMIT_PPS"), super::LIMIT_PPS as i64);
         assert_eq!(get("LIMIT_BPS"), super::LIMIT_BPS as i64);
         assert_eq!(get("LIMIT_CONNS"), super::LIMIT_CONNS as i64);
+        use super::ev;
+        for (n, v) in [
+            ("EV_CONN", ev::CONN as u32),
+            ("EV_PACKET", ev::PACKET as u32),
+            ("EV_DROP", ev::DROP as u32),
+            ("EVL_CONN", ev::LOST_CONN),
+            ("EVL_PACKET", ev::LOST_PACKET),
+            ("EVL_DROP", ev::LOST_DROP),
+            ("EVL_DROP_LIMIT", ev::LOST_DROP_LIMIT),
+            ("EVL_COUNT", ev::LOST_COUNT),
+            ("CONN_DIR_OUT", ev::DIR_OUT as u32),
+            ("CONN_DIR_IN", ev::DIR_IN as u32),
+            ("RULE_DENY", ev::RULE_DENY as u32),
+            ("RULE_ALLOW", ev::RULE_ALLOW as u32),
+            ("RULE_LIMIT", ev::RULE_LIMIT as u32),
+            ("SLUICE_DEFAULT_SAMPLE_EVERY", ev::DEFAULT_SAMPLE_EVERY),
+            ("SLUICE_DEFAULT_DROP_EVENTS", ev::DEFAULT_DROP_EVENTS),
+        ] {
+            assert_eq!(get(n), v as i64, "{n}");
+        }
         use super::stat::*;
         for (n, v) in [
             ("STAT_PASS", PASS),

@@ -494,6 +494,7 @@ impl Loaded {
         let cap = Capacity {
             max_rules: 1024,
             limit_sources: 1024,
+            ..Default::default()
         };
         let (dp, tables, limit_tables) =
             Dataplane::load_object(obj, &pins.0, cap).with_context(|| format!("loading the {tag} dataplane"))?;

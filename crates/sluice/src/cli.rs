@@ -15,6 +15,7 @@ use sluice::{
         MAX_BODY,
     },
     config::{Config, DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
+    events::Event,
     lab::Lab,
     rules::{Action, RuleSpec},
 };
@@ -62,6 +63,24 @@ enum Cmd {
     Limit {
         #[command(subcommand)]
         op: LimitOp,
+    },
+    /// Every TCP connection on the host (all namespaces), with its process.
+    Conns {
+        /// Keep printing new connection events.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Connection, sampled packet, drop and limit events.
+    Events {
+        #[arg(long, short)]
+        follow: bool,
+        /// Only these kinds: conn, packet, drop, limit (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        kind: Vec<String>,
+        #[command(flatten)]
+        c: ClientOpts,
     },
     /// Stop the daemon, detach every program and remove every pin. Rules stay
     /// in the state database.
@@ -225,6 +244,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Deny { op } => rules(Action::Deny, op).await,
         Cmd::Allow { op } => rules(Action::Allow, op).await,
         Cmd::Limit { op } => limit(op).await,
+        Cmd::Conns { follow, c } => events(vec!["conn".into()], follow, &c).await,
+        Cmd::Events { follow, kind, c } => events(kind, follow, &c).await,
         Cmd::Down { state_dir, pin_dir } => daemon::down(&state_dir, &pin_dir),
         Cmd::Lab { op } => lab(op),
     }
@@ -273,6 +294,11 @@ async fn status(c: &ClientOpts) -> Result<()> {
     println!(
         "\nrules: {} deny, {} allow (max {})",
         s.rules.deny, s.rules.allow, s.rules.max_rules
+    );
+    let ev = &s.events;
+    println!(
+        "events: received {:?}; lost in kernel {:?}; lost by slow subscribers {}",
+        ev.received, ev.lost_kernel, ev.lost_subscribers
     );
     println!("\npackets by verdict:");
     for name in sluice_abi::stat::NAMES {
@@ -526,6 +552,84 @@ async fn limit(op: LimitOp) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn event_line(e: &Event) -> String {
+    match e {
+        Event::Conn(c) => format!(
+            "{}  conn    {:<15} {:>7}  {}:{} -> {}:{}  {} -> {}  {}{}",
+            c.time,
+            c.comm,
+            c.pid,
+            c.src,
+            c.sport,
+            c.dst,
+            c.dport,
+            c.old_state,
+            c.state,
+            c.direction,
+            c.duration_ms.map(|d| format!("  after {d:.1} ms")).unwrap_or_default()
+        ),
+        Event::Packet(p) | Event::Drop(p) | Event::Limit(p) => format!(
+            "{}  {:<7} {:<15} {} {}:{} -> {}:{}  {} bytes  {}{}",
+            p.time,
+            e.kind().as_str(),
+            p.interface,
+            p.proto,
+            p.src,
+            p.sport,
+            p.dst,
+            p.dport,
+            p.len,
+            p.verdict,
+            p.rule
+                .as_ref()
+                .map(|r| format!(" by {} rule {}", r.kind, r.id.map_or("?".into(), |i| i.to_string())))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+async fn events(kinds: Vec<String>, follow: bool, c: &ClientOpts) -> Result<()> {
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    sluice::events::parse_kinds(&kinds.join(",")).map_err(anyhow::Error::msg)?;
+    let q = if kinds.is_empty() {
+        String::new()
+    } else {
+        format!("?kind={}", kinds.join(","))
+    };
+    let client = Client::new(&c.socket);
+    if !follow {
+        let v: Vec<Event> = client.get(&format!("/v1/events/recent{q}")).await?;
+        for e in &v {
+            if c.json {
+                println!("{}", serde_json::to_string(e)?);
+            } else {
+                println!("{}", event_line(e));
+            }
+        }
+        return Ok(());
+    }
+    let json = c.json;
+    client
+        .follow(&format!("/v1/events{q}"), |event, data| {
+            if event == "lost" {
+                eprintln!("sluice: this client fell behind and lost {data} events");
+                return Ok(());
+            }
+            let e: Event = serde_json::from_str(data)?;
+            if json {
+                println!("{data}");
+            } else {
+                println!("{}", event_line(&e));
+            }
+            Ok(())
+        })
+        .await
 }
 
 fn lab(op: LabOp) -> Result<()> {

@@ -35,6 +35,56 @@ impl Client {
         self.call(Method::DELETE, path, None::<&()>).await
     }
 
+    /// Follows a Server-Sent Events stream, calling `f(event, data)` for each
+    /// event until the daemon closes it (or the process is interrupted).
+    pub async fn follow(&self, path: &str, mut f: impl FnMut(&str, &str) -> Result<()>) -> Result<()> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            anyhow!(
+                "the sluice daemon is not running (cannot connect to {}: {e}); start it with `sluice run` (or `make run`)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .uri(path)
+            .header("host", "sluice")
+            .body(Full::new(Bytes::new()))?;
+        let resp = sender.send_request(req).await.context("talking to the sluice daemon")?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!("daemon answered {status}"),
+            }
+        }
+        let mut buf = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("reading the event stream")?;
+            let Some(chunk) = frame.data_ref() else { continue };
+            buf.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let (mut event, mut data) = ("message", String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = if v.trim() == "lost" { "lost" } else { "event" };
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !data.is_empty() {
+                    f(event, &data)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             anyhow!(

@@ -43,6 +43,20 @@ pub struct Config {
     /// Capacity of the per-source rate-limit bucket LRU (all per-source
     /// rules share it; the least recently seen source is evicted).
     pub limit_sources: u32,
+    /// One sampled packet event per this many packets, per CPU (0 = off).
+    pub packet_sample_every: u32,
+    /// Most drop events per second, per CPU; the rest are counted as lost.
+    pub drop_events_per_sec: u32,
+    /// Size of the kernel's event ring buffer (a power of 2).
+    pub events_ring_bytes: u32,
+    /// JSON Lines file every event is appended to (off when unset).
+    pub events_jsonl: Option<PathBuf>,
+    /// Rotate the JSONL file when it grows past this many bytes.
+    pub events_jsonl_max_bytes: u64,
+    /// Rotated files kept (file.1 ... file.N).
+    pub events_jsonl_keep: u32,
+    /// Recent events kept in memory for `sluice conns` / `sluice events`.
+    pub event_history: usize,
 }
 
 impl Default for Config {
@@ -54,6 +68,13 @@ impl Default for Config {
             pin_dir: DEFAULT_PIN_DIR.into(),
             max_rules: sluice_abi::DEFAULT_MAX_RULES,
             limit_sources: sluice_abi::DEFAULT_LIMIT_SOURCES,
+            packet_sample_every: sluice_abi::ev::DEFAULT_SAMPLE_EVERY,
+            drop_events_per_sec: sluice_abi::ev::DEFAULT_DROP_EVENTS,
+            events_ring_bytes: sluice_abi::ev::DEFAULT_RING_BYTES,
+            events_jsonl: None,
+            events_jsonl_max_bytes: 64 << 20,
+            events_jsonl_keep: 3,
+            event_history: 10_000,
         }
     }
 }
@@ -90,6 +111,17 @@ impl Config {
                 self.limit_sources
             )));
         }
+        if !self.events_ring_bytes.is_power_of_two() || !(4096..=1 << 30).contains(&self.events_ring_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "events_ring_bytes {} must be a power of two between 4096 and 1073741824",
+                self.events_ring_bytes
+            )));
+        }
+        if self.events_jsonl_max_bytes < 4096 || self.event_history > 1_000_000 {
+            return Err(ConfigError::Invalid(
+                "events_jsonl_max_bytes must be >= 4096 and event_history <= 1000000".into(),
+            ));
+        }
         if !self.pin_dir.is_absolute() || self.pin_dir.parent().is_none() {
             return Err(ConfigError::Invalid(format!(
                 "pin_dir {} must be an absolute path below a bpffs mount",
@@ -114,6 +146,7 @@ impl Config {
         crate::dataplane::Capacity {
             max_rules: self.max_rules,
             limit_sources: self.limit_sources,
+            ring_bytes: self.events_ring_bytes,
         }
     }
 

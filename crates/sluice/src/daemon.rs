@@ -18,6 +18,7 @@ use sluice::{
     api::{self, Ctl},
     config::Config,
     dataplane::{self, Dataplane},
+    events::{read_ring, run_jsonl, Decoder, Hub, JsonlSink},
     firewall::Firewall,
     limits::Limiter,
     store::Store,
@@ -125,6 +126,16 @@ pub async fn run(cfg: Config) -> Result<()> {
         kept = rec.kept, added = rec.added, removed = rec.removed, limits = limiter.count(),
         "dataplane loaded and rule tables reconciled with the store"
     );
+    let mut dp = dp;
+    let mut event_maps = dp
+        .take_event_maps()?
+        .expect("a freshly loaded object has its event maps");
+    event_maps.configure(cfg.packet_sample_every, cfg.drop_events_per_sec)?;
+    let ring = event_maps.take_ring().expect("ring taken once");
+    match dp.attach_trace() {
+        Ok(()) => tracing::info!("connection log attached to sock/inet_sock_set_state"),
+        Err(e) => tracing::error!(error = %e, "connection log unavailable (the firewall and limits still work)"),
+    }
     let dp = Arc::new(Mutex::new(dp));
     let watcher = Watcher::new(dp.clone(), matcher).start().await?;
     {
@@ -137,20 +148,38 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
 
     let listener = bind_socket(&cfg.socket).await?;
+    let hub = Hub::new(cfg.event_history);
     let state = Arc::new(Ctl {
         fw: Mutex::new(fw),
         limits: Mutex::new(limiter),
+        hub: hub.clone(),
+        events: Some(Mutex::new(event_maps)),
+        requests: Mutex::new(Default::default()),
         dp: Some(dp.clone()),
         started: Instant::now(),
         interface_globs: cfg.interfaces.clone(),
         pin_dir: cfg.pin_dir.display().to_string(),
         state_dir: cfg.state_dir.display().to_string(),
     });
+    let reader = tokio::spawn(read_ring(ring, hub.clone(), Decoder::new(state.clone())));
+    let jsonl = match &cfg.events_jsonl {
+        Some(path) => {
+            let sink = JsonlSink::open(path, cfg.events_jsonl_max_bytes, cfg.events_jsonl_keep)
+                .with_context(|| format!("opening the event log {}", path.display()))?;
+            tracing::info!(path = %path.display(), "writing events as JSON Lines");
+            Some(tokio::spawn(run_jsonl(sink, hub.clone())))
+        }
+        None => None,
+    };
     tracing::info!(socket = %cfg.socket.display(), "serving the API; `sluice status` to check, Ctrl-C to stop");
     axum::serve(listener, api::app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     watcher.abort();
+    reader.abort();
+    if let Some(j) = jsonl {
+        j.abort();
+    }
     let _ = fs::remove_file(&cfg.socket);
     tracing::info!(
         "stopped; enforcement continues from the pins in {} (`sluice down` removes them)",

@@ -56,6 +56,7 @@ pub struct Firewall {
     tables: Box<dyn Tables>,
     rules: BTreeMap<i64, Rule>,
     by_key: HashMap<RuleKey, i64>,
+    by_slot: HashMap<u32, i64>,
     per_table: [usize; 8],
     next_slot: u32,
     free_slots: Vec<u32>,
@@ -70,6 +71,7 @@ impl Firewall {
             tables,
             rules: BTreeMap::new(),
             by_key: HashMap::new(),
+            by_slot: HashMap::new(),
             per_table: [0; 8],
             next_slot: 0,
             free_slots: Vec::new(),
@@ -88,6 +90,7 @@ impl Firewall {
     fn index(&mut self, r: Rule) {
         self.per_table[r.spec.table() as usize] += 1;
         self.by_key.insert(r.spec.key(), r.id);
+        self.by_slot.insert(r.slot, r.id);
         self.rules.insert(r.id, r);
     }
 
@@ -95,6 +98,7 @@ impl Firewall {
         let r = self.rules.remove(&id)?;
         self.per_table[r.spec.table() as usize] -= 1;
         self.by_key.remove(&r.spec.key());
+        self.by_slot.remove(&r.slot);
         self.free_slots.push(r.slot);
         Some(r)
     }
@@ -271,6 +275,11 @@ impl Firewall {
             .filter(|r| r.spec.action == action)
             .map(|r| Ok((r.clone(), self.tables.counter(r.slot)?)))
             .collect()
+    }
+
+    /// The rule using counter slot `slot` (for drop events).
+    pub fn rule_by_slot(&self, slot: u32) -> Option<&Rule> {
+        self.by_slot.get(&slot).and_then(|id| self.rules.get(id))
     }
 
     pub fn count(&self, action: Action) -> usize {

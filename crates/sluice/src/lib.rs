@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod dataplane;
+pub mod events;
 pub mod firewall;
 pub mod gen;
 pub mod lab;

@@ -537,6 +537,11 @@ impl Limiter {
         self.rules.len()
     }
 
+    /// The rule in kernel slot `slot` (for drop events).
+    pub fn by_slot(&self, slot: u16) -> Option<&Limit> {
+        self.rules.values().find(|l| l.slot == slot)
+    }
+
     pub fn source_capacity(&self) -> u32 {
         self.tables.source_capacity()
     }

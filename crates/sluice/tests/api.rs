@@ -2,10 +2,7 @@
 //! (in-memory tables): every route, and the bad-input contract: a 4xx with
 //! `{"error": ...}` and nothing changed.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::sync::Arc;
 
 use axum::{
     body::Body,
@@ -17,6 +14,7 @@ use serde_json::{json, Value};
 use sluice::{
     api::{app, Ctl},
     dataplane::{MemLimitTables, MemTables},
+    events::Hub,
     firewall::Firewall,
     limits::Limiter,
     store::Store,
@@ -25,15 +23,8 @@ use tower::ServiceExt;
 
 fn router(capacity: u32) -> Router {
     let (fw, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(MemTables::new(capacity))).unwrap();
-    app(Arc::new(Ctl {
-        fw: Mutex::new(fw),
-        limits: Mutex::new(Limiter::open(Store::in_memory().unwrap(), Box::new(MemLimitTables::default())).unwrap()),
-        dp: None,
-        started: Instant::now(),
-        interface_globs: vec!["veth*".into()],
-        pin_dir: "/sys/fs/bpf/sluice".into(),
-        state_dir: "/var/lib/sluice".into(),
-    }))
+    let limits = Limiter::open(Store::in_memory().unwrap(), Box::new(MemLimitTables::default())).unwrap();
+    app(Arc::new(Ctl::new(fw, limits, None, Hub::new(100))))
 }
 
 async fn call(app: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {

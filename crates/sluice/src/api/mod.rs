@@ -3,6 +3,7 @@
 //! status code plus `{"error": "..."}`; bad input never changes anything.
 //! Request bodies are capped at [`MAX_BODY`].
 
+pub mod metrics;
 pub mod types;
 
 use std::{
@@ -25,6 +26,8 @@ use sluice_abi::{stat, ABI_VERSION};
 
 use crate::{
     dataplane::Dataplane,
+    dataplane::EventMaps,
+    events::{parse_kinds, Hub, Kind, RuleNames},
     firewall::{Firewall, FwError, Selector},
     limits::{Limiter, LimiterError},
     rules::{Action, Direction, RuleSpec},
@@ -40,6 +43,11 @@ pub const MAX_BATCH: usize = 100_000;
 pub struct Ctl {
     pub fw: Mutex<Firewall>,
     pub limits: Mutex<Limiter>,
+    pub hub: Arc<Hub>,
+    /// Lost counters and per-interface counters (None without a kernel).
+    pub events: Option<Mutex<EventMaps>>,
+    /// API requests by (route, status), for /metrics.
+    pub requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
     /// None when the API runs without a kernel (tests).
     pub dp: Option<Arc<Mutex<Dataplane>>>,
     pub started: Instant,
@@ -49,6 +57,42 @@ pub struct Ctl {
 }
 
 pub type AppState = Arc<Ctl>;
+
+impl Ctl {
+    /// A control block with empty event plumbing (tests; the daemon fills it).
+    pub fn new(fw: Firewall, limits: Limiter, dp: Option<Arc<Mutex<Dataplane>>>, hub: Arc<Hub>) -> Self {
+        Ctl {
+            fw: Mutex::new(fw),
+            limits: Mutex::new(limits),
+            hub,
+            events: None,
+            requests: Mutex::new(Default::default()),
+            dp,
+            started: Instant::now(),
+            interface_globs: Vec::new(),
+            pin_dir: String::new(),
+            state_dir: String::new(),
+        }
+    }
+}
+
+/// Drop events name their rule through the controllers.
+impl RuleNames for Ctl {
+    fn name(&self, rule_kind: u8, slot: u32) -> Option<(i64, String)> {
+        if rule_kind == sluice_abi::ev::RULE_LIMIT {
+            let l = self.limits.lock().unwrap();
+            let r = l.by_slot(slot as u16)?;
+            Some((
+                r.id,
+                format!("limit {} {} {}", r.spec.m, r.spec.rate, r.spec.kind.as_str()),
+            ))
+        } else {
+            let f = self.fw.lock().unwrap();
+            let r = f.rule_by_slot(slot)?;
+            Some((r.id, r.spec.key().describe()))
+        }
+    }
+}
 
 /// An API error: status plus one human-readable line.
 #[derive(Debug)]
@@ -150,9 +194,42 @@ pub fn app(state: AppState) -> Router {
         .merge(rule_routes(Action::Allow))
         .route("/v1/limits", get(list_limits).post(add_limit))
         .route("/v1/limits/{id}", delete(delete_limit))
+        .route("/v1/events", get(events_sse))
+        .route("/v1/events/recent", get(events_recent))
+        .route("/v1/conns", get(conns))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API route; see /v1/status".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .with_state(state)
+}
+
+fn event_summary(s: &Ctl) -> ApiResult<EventSummary> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let lost_kernel = match &s.events {
+        Some(m) => {
+            let l = m
+                .lock()
+                .unwrap()
+                .lost()
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            ["conn", "packet", "drop", "drop_rate_limited"]
+                .iter()
+                .zip(l)
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+        }
+        None => Default::default(),
+    };
+    Ok(EventSummary {
+        received: s.hub.received().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        lost_kernel,
+        lost_subscribers: s.hub.counters.lagged.load(Relaxed),
+        malformed: s.hub.counters.malformed.load(Relaxed),
+    })
 }
 
 fn rule_routes(action: Action) -> Router<AppState> {
@@ -264,6 +341,63 @@ async fn delete_limit(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResu
     .await
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindQuery {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+fn kinds(q: &KindQuery) -> ApiResult<Vec<Kind>> {
+    parse_kinds(q.kind.as_deref().unwrap_or("")).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+}
+
+/// `GET /v1/events?kind=conn,drop`: Server-Sent Events, one `event:` per
+/// kind with the event as JSON data. A client that falls behind loses its own
+/// oldest events and is told so with a `lost` event carrying the count.
+async fn events_sse(
+    State(s): State<AppState>,
+    Query(q): Query<KindQuery>,
+) -> ApiResult<
+    axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>,
+> {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use tokio_stream::{
+        wrappers::{errors::BroadcastStreamRecvError, BroadcastStream},
+        StreamExt,
+    };
+    let kinds = kinds(&q)?;
+    let hub = s.hub.clone();
+    let stream = BroadcastStream::new(s.hub.subscribe()).filter_map(move |r| match r {
+        Ok(e) if kinds.is_empty() || kinds.contains(&e.kind()) => Some(Ok(Sse::default()
+            .event(e.kind().as_str())
+            .json_data(&*e)
+            .expect("events serialise"))),
+        Ok(_) => None,
+        Err(BroadcastStreamRecvError::Lagged(n)) => {
+            hub.counters.lagged.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Some(Ok(Sse::default().event("lost").data(n.to_string())))
+        }
+    });
+    Ok(axum::response::sse::Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `GET /v1/events/recent?kind=...`: the in-memory history, oldest first.
+async fn events_recent(
+    State(s): State<AppState>,
+    Query(q): Query<KindQuery>,
+) -> ApiResult<Json<Vec<crate::events::Event>>> {
+    let kinds = kinds(&q)?;
+    Ok(Json(s.hub.recent(&kinds).iter().map(|e| (**e).clone()).collect()))
+}
+
+/// `GET /v1/conns`: recent connection events, oldest first.
+async fn conns(State(s): State<AppState>) -> ApiResult<Json<Vec<crate::events::Event>>> {
+    Ok(Json(
+        s.hub.recent(&[Kind::Conn]).iter().map(|e| (**e).clone()).collect(),
+    ))
+}
+
 async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
     blocking(move || {
         let (counts, stats) = {
@@ -338,6 +472,7 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
             programs,
             rules: counts,
             limits,
+            events: event_summary(&s)?,
             verdicts,
             notes,
         }))

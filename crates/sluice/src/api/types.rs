@@ -189,11 +189,26 @@ pub struct Status {
     pub programs: Vec<ProgramView>,
     pub rules: RuleCounts,
     pub limits: LimitSummary,
+    pub events: EventSummary,
     /// Packets by verdict: pass, allow, deny, limit, unparsed, non_ip. Each packet
     /// is counted once here.
     pub verdicts: BTreeMap<String, CounterView>,
     /// Extra notes: fragment, l4_unparsed (also counted in a verdict).
     pub notes: BTreeMap<String, CounterView>,
+}
+
+/// Event pipeline counters in `status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventSummary {
+    /// Events read from the kernel, by kind.
+    pub received: BTreeMap<String, u64>,
+    /// Events the kernel could not deliver: ring full (conn, packet, drop)
+    /// or over the drop-event rate (drop_rate_limited).
+    pub lost_kernel: BTreeMap<String, u64>,
+    /// Events subscribers (SSE clients, the JSONL sink) fell behind on.
+    pub lost_subscribers: u64,
+    /// Ring records that could not be decoded.
+    pub malformed: u64,
 }
 
 /// Every error body: `{"error": "..."}`.

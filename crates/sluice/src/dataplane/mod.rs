@@ -9,6 +9,7 @@
 //! loaded program into each pinned link with one atomic `BPF_LINK_UPDATE`, so
 //! there is never a moment with no program, nor two.
 
+mod event_maps;
 mod limit_tables;
 mod tables;
 
@@ -24,6 +25,7 @@ use aya::{
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
+pub use event_maps::{decode, EventMaps, RawEvent};
 pub use limit_tables::{KernelLimitTables, LimitTables, MemLimitTables};
 use sluice_abi::{xdp as names, FwTable, ABI_VERSION};
 pub use tables::{KernelTables, MemTables, Tables};
@@ -33,6 +35,8 @@ pub static XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// The same program with spin-locked shared buckets instead of
 /// compare-and-swap: only the benchmark loads it, to compare the two.
 pub static XDP_SPIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp_spin.bpf.o"));
+/// The TCP connection tracer (tracepoint sock/inet_sock_set_state).
+pub static TRACE_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_trace.bpf.o"));
 /// The XDP live-frames traffic generator (tests and benchmarks).
 pub static GEN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_gen.bpf.o"));
 
@@ -43,6 +47,8 @@ pub struct Capacity {
     pub max_rules: u32,
     /// The per-source bucket LRU of the rate limiter.
     pub limit_sources: u32,
+    /// Size of the event ring buffer in bytes (a power of 2, >= 4096).
+    pub ring_bytes: u32,
 }
 
 impl Default for Capacity {
@@ -50,6 +56,7 @@ impl Default for Capacity {
         Capacity {
             max_rules: sluice_abi::DEFAULT_MAX_RULES,
             limit_sources: sluice_abi::DEFAULT_LIMIT_SOURCES,
+            ring_bytes: sluice_abi::ev::DEFAULT_RING_BYTES,
         }
     }
 }
@@ -128,6 +135,28 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
     }
 }
 
+/// Mounts tracefs at /sys/kernel/tracing unless it is there (idempotent).
+pub fn ensure_tracefs() -> Result<(), DataplaneError> {
+    let t = Path::new("/sys/kernel/tracing");
+    if t.join("events").exists() {
+        return Ok(());
+    }
+    let (src, dst, ty) = (
+        CString::new("nodev").unwrap(),
+        CString::new("/sys/kernel/tracing").unwrap(),
+        CString::new("tracefs").unwrap(),
+    );
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) } != 0 {
+        return Err(DataplaneError::Io {
+            path: t.into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    tracing::info!("mounted tracefs at /sys/kernel/tracing");
+    Ok(())
+}
+
 fn is_bpffs(p: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
@@ -177,6 +206,16 @@ fn expected_maps(cap: Capacity) -> Vec<MapShape> {
         shape(names::LIMIT_STATE, MapType::Array, 4, 32, lim),
         shape(names::LIMIT_SOURCES, MapType::LruHash, 24, 24, cap.limit_sources),
         shape(names::LIMIT_COUNTERS, MapType::PerCpuArray, 4, 40, lim),
+        shape(sluice_abi::ev::RING, MapType::RingBuf, 0, 0, cap.ring_bytes),
+        shape(
+            sluice_abi::ev::LOST,
+            MapType::PerCpuArray,
+            4,
+            8,
+            sluice_abi::ev::LOST_COUNT,
+        ),
+        shape(sluice_abi::ev::CONFIG, MapType::Array, 4, 8, 1),
+        shape(sluice_abi::ev::IF_STATS, MapType::PerCpuHash, 8, 16, 8192),
     ]);
     v
 }
@@ -264,6 +303,9 @@ pub struct Attachment {
 /// The loaded programs and the interfaces they are attached to.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// The connection tracer, once loaded and attached.
+    trace: Option<Ebpf>,
+    cap: Capacity,
     pin_dir: PathBuf,
     attached: BTreeMap<u32, Attachment>,
 }
@@ -291,6 +333,7 @@ impl Dataplane {
         }
         loader.map_max_entries(names::RULE_COUNTERS, cap.max_rules);
         loader.map_max_entries(names::LIMIT_SOURCES, cap.limit_sources);
+        loader.map_max_entries(sluice_abi::ev::RING, cap.ring_bytes);
         let mut ebpf = loader.load(obj)?;
         let prog: &mut Xdp = ebpf
             .program_mut(names::PROGRAM)
@@ -300,15 +343,54 @@ impl Dataplane {
         let tables = KernelTables::new(&mut ebpf, cap.max_rules)?;
         let ncpus = tables.ncpus();
         let limits = KernelLimitTables::new(&mut ebpf, cap.limit_sources, ncpus)?;
-        Ok((
-            Dataplane {
-                ebpf,
-                pin_dir: pin_dir.to_path_buf(),
-                attached: BTreeMap::new(),
-            },
-            tables,
-            limits,
-        ))
+        let dp = Dataplane {
+            ebpf,
+            trace: None,
+            cap,
+            pin_dir: pin_dir.to_path_buf(),
+            attached: BTreeMap::new(),
+        };
+        Ok((dp, tables, limits))
+    }
+
+    /// Takes the event maps (ring buffer, lost counters, event config,
+    /// per-interface counters) out of the XDP object; None if already taken.
+    pub fn take_event_maps(&mut self) -> Result<Option<EventMaps>, DataplaneError> {
+        if self.ebpf.map(sluice_abi::ev::RING).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(EventMaps::new(&mut self.ebpf)?))
+    }
+
+    /// Loads the connection tracer (sharing the pinned event ring) and
+    /// attaches it to sock/inet_sock_set_state, mounting tracefs if needed.
+    /// The attachment lives as long as this dataplane: nobody reads the log
+    /// while the daemon is down.
+    pub fn attach_trace(&mut self) -> Result<(), DataplaneError> {
+        ensure_tracefs()?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&self.pin_dir);
+        loader.map_max_entries(sluice_abi::ev::RING, self.cap.ring_bytes);
+        let mut ebpf = loader.load(TRACE_OBJ)?;
+        let prog: &mut aya::programs::TracePoint = ebpf
+            .program_mut(sluice_abi::trace::PROGRAM)
+            .ok_or(DataplaneError::Missing(sluice_abi::trace::PROGRAM))?
+            .try_into()?;
+        prog.load()?;
+        prog.attach(sluice_abi::trace::CATEGORY, sluice_abi::trace::TRACEPOINT)?;
+        self.trace = Some(ebpf);
+        Ok(())
+    }
+
+    /// Kernel id of the connection tracer, if attached.
+    pub fn trace_program_id(&self) -> Option<u32> {
+        let p: &aya::programs::TracePoint = self
+            .trace
+            .as_ref()?
+            .program(sluice_abi::trace::PROGRAM)?
+            .try_into()
+            .ok()?;
+        p.info().ok().map(|i| i.id())
     }
 
     /// The XDP program, for test_run and attach.

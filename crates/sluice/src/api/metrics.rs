@@ -1,0 +1,172 @@
+//! `/metrics` in Prometheus text format (prometheus-client). Values are read
+//! from the kernel maps and the pipeline counters at scrape time into a
+//! fresh registry, so there is no second copy of any counter to drift.
+//! Also the middleware that counts API requests by route and status.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{header, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use sluice_abi::stat;
+
+use super::{blocking, ApiError, AppState};
+use crate::{events::Kind, rules::Action};
+
+type Labels = Vec<(String, String)>;
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Counts every request by its route template and status.
+pub async fn count_requests(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let resp = next.run(req).await;
+    *s.requests
+        .lock()
+        .unwrap()
+        .entry((route, resp.status().as_u16()))
+        .or_insert(0) += 1;
+    resp
+}
+
+/// Resident memory (bytes) and CPU time (seconds) of this process.
+fn process_usage() -> Option<(u64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the ")" that ends comm: state is field 3; utime 14, stime 15, rss 24.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let cpu = (f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / ticks;
+    let rss = f.get(21)?.parse::<u64>().ok()? * page;
+    Some((rss, cpu))
+}
+
+pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let body = blocking(move || {
+        let err = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
+        let mut reg = Registry::with_prefix("sluice");
+
+        let packets = Family::<Labels, Counter>::default();
+        let bytes = Family::<Labels, Counter>::default();
+        reg.register(
+            "packets",
+            "Packets judged by XDP, by interface and verdict",
+            packets.clone(),
+        );
+        reg.register("bytes", "Bytes judged by XDP, by interface and verdict", bytes.clone());
+        if let Some(ev) = &s.events {
+            for ((ifindex, verdict), c) in ev.lock().unwrap().if_stats().map_err(|e| err(e.to_string()))? {
+                let name = crate::dataplane::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
+                let v = stat::NAMES.get(verdict as usize).copied().unwrap_or("unknown");
+                let lb = l(&[("interface", &name), ("verdict", v)]);
+                packets.get_or_create(&lb).inc_by(c.packets);
+                bytes.get_or_create(&lb).inc_by(c.bytes);
+            }
+        }
+
+        // Rule hits: per rule up to 1000 rules, per action beyond that.
+        let hits = Family::<Labels, Counter>::default();
+        reg.register("rule_hits", "Packets that matched a deny/allow rule", hits.clone());
+        {
+            let fw = s.fw.lock().unwrap();
+            for action in [Action::Deny, Action::Allow] {
+                let rules = fw.list(action).map_err(|e| err(e.to_string()))?;
+                let many = rules.len() > 1000;
+                for (r, c) in rules {
+                    let id = r.id.to_string();
+                    let lb = if many {
+                        l(&[("action", action.as_str())])
+                    } else {
+                        l(&[("action", action.as_str()), ("rule", &id)])
+                    };
+                    hits.get_or_create(&lb).inc_by(c.packets);
+                }
+            }
+        }
+        let lim_passed = Family::<Labels, Counter>::default();
+        let lim_dropped = Family::<Labels, Counter>::default();
+        reg.register("limit_passed", "Packets a limit rule let through", lim_passed.clone());
+        reg.register("limit_dropped", "Packets a limit rule dropped", lim_dropped.clone());
+        for (r, st) in s.limits.lock().unwrap().list().map_err(|e| err(e.to_string()))? {
+            let lb = l(&[("rule", &r.id.to_string())]);
+            lim_passed.get_or_create(&lb).inc_by(st.passed);
+            lim_dropped.get_or_create(&lb).inc_by(st.dropped);
+        }
+
+        let conns = Family::<Labels, Counter>::default();
+        reg.register("connections", "TCP connections seen, by event", conns.clone());
+        conns
+            .get_or_create(&l(&[("event", "opened")]))
+            .inc_by(s.hub.counters.opened.load(Relaxed));
+        conns
+            .get_or_create(&l(&[("event", "closed")]))
+            .inc_by(s.hub.counters.closed.load(Relaxed));
+
+        let received = Family::<Labels, Counter>::default();
+        let lost = Family::<Labels, Counter>::default();
+        reg.register(
+            "events_received",
+            "Events read from the kernel ring buffer",
+            received.clone(),
+        );
+        reg.register("events_lost", "Events lost, by source and where", lost.clone());
+        for k in Kind::ALL {
+            received
+                .get_or_create(&l(&[("source", k.as_str())]))
+                .inc_by(s.hub.counters.received[k as usize].load(Relaxed));
+        }
+        if let Some(ev) = &s.events {
+            let kl = ev.lock().unwrap().lost().map_err(|e| err(e.to_string()))?;
+            for (name, v) in ["conn", "packet", "drop", "drop_rate_limited"].iter().zip(kl) {
+                lost.get_or_create(&l(&[("source", name), ("where", "kernel")]))
+                    .inc_by(v);
+            }
+        }
+        lost.get_or_create(&l(&[("source", "all"), ("where", "subscriber")]))
+            .inc_by(s.hub.counters.lagged.load(Relaxed));
+
+        let reqs = Family::<Labels, Counter>::default();
+        reg.register("api_requests", "API requests by route and status", reqs.clone());
+        for ((route, status), n) in s.requests.lock().unwrap().iter() {
+            reqs.get_or_create(&l(&[("route", route), ("status", &status.to_string())]))
+                .inc_by(*n);
+        }
+
+        if let Some((rss, cpu)) = process_usage() {
+            let g = Gauge::<i64>::default();
+            g.set(rss as i64);
+            reg.register("process_resident_memory_bytes", "Resident memory of the daemon", g);
+            let c = Counter::<f64>::default();
+            c.inc_by(cpu);
+            reg.register("process_cpu_seconds", "CPU time of the daemon (user + system)", c);
+        }
+
+        let mut out = String::new();
+        encode(&mut out, &reg).map_err(|e| err(e.to_string()))?;
+        Ok(out)
+    })
+    .await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
