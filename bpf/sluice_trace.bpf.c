@@ -61,22 +61,13 @@ struct set_state_args {
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 
-struct owner {
-	__u32 pid;
-	char comm[16];
-};
-
 struct sock_info {
 	struct owner o;
 	__u64 start_ns;
 	__u8 dir;
 };
 
-struct listen_key {
-	__u32 netns;
-	__u16 family;
-	__u16 port;
-};
+
 
 /* Live sockets: owner and first-seen time. LRU so a missed CLOSE cannot
  * leak entries forever. */

@@ -250,6 +250,20 @@ struct ev_rl {
 	__u64 count;
 };
 
+/* sl_listeners (trace object): owner of each listening socket, by
+ * (netns, family, port). Seeded from /proc by the daemon at start for
+ * listeners older than the daemon, then kept by the tracepoint. */
+struct listen_key {
+	__u32 netns;
+	__u16 family; /* AF_INET 2, AF_INET6 10 */
+	__u16 port;   /* host order */
+};
+
+struct owner {
+	__u32 pid;
+	char comm[16];
+};
+
 /* Key of sl_if_stats: packets by interface and verdict. */
 struct if_stat_key {
 	__u32 ifindex;
@@ -262,6 +276,8 @@ _Static_assert(sizeof(struct ev_conn) == 96, "ev_conn size");
 _Static_assert(sizeof(struct ev_packet) == 72, "ev_packet size");
 _Static_assert(sizeof(struct ev_config) == 8, "ev_config size");
 _Static_assert(sizeof(struct if_stat_key) == 8, "if_stat_key size");
+_Static_assert(sizeof(struct listen_key) == 8, "listen_key size");
+_Static_assert(sizeof(struct owner) == 20, "owner size");
 _Static_assert(sizeof(struct lpm_v4_key) == 8, "lpm_v4_key size");
 _Static_assert(sizeof(struct lpm_v6_key) == 20, "lpm_v6_key size");
 _Static_assert(sizeof(struct fw_rule) == 8, "fw_rule size");

@@ -331,6 +331,23 @@ pub struct EvConfig {
     pub drop_events_per_sec: u32,
 }
 
+/// `struct listen_key`: key of the tracer's `sl_listeners`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub family: u16,
+    pub port: u16,
+}
+
+/// `struct owner`: value of `sl_listeners`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: [u8; 16],
+}
+
 /// `struct if_stat_key`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -395,6 +412,8 @@ const _: () = {
     assert!(offset_of!(EvPacket, saddr) == 40);
     assert!(size_of::<EvConfig>() == 8);
     assert!(size_of::<IfStatKey>() == 8);
+    assert!(size_of::<ListenKey>() == 8);
+    assert!(size_of::<Owner>() == 20);
 };
 
 #[cfg(feature = "aya")]
@@ -414,6 +433,8 @@ mod pod {
     unsafe impl aya::Pod for super::GenCfg {}
     unsafe impl aya::Pod for super::EvConfig {}
     unsafe impl aya::Pod for super::IfStatKey {}
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::Owner {}
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod firewall;
 pub mod gen;
 pub mod lab;
 pub mod limits;
+pub mod procfs;
 pub mod rules;
 pub mod store;
 pub mod watch;

@@ -160,6 +160,33 @@ fn connections_are_attributed_to_the_right_process_on_both_ends() {
             );
         }
     }
+    // A separate process: bash's /dev/tcp, exec'd by nsenter inside a, so
+    // the connecting pid is the child's own.
+    let host_srv = {
+        let l = TcpListener::bind(SocketAddr::new(IpAddr::V4(a.host_v4), 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let _ = l.accept();
+        });
+        addr
+    };
+    let script = format!("exec 3<>/dev/tcp/{}/{}; sleep 0.2", host_srv.ip(), host_srv.port());
+    let net = format!("--net={}", a.netns_path());
+    let mut child = std::process::Command::new("nsenter")
+        .args([net.as_str(), "--", "bash", "-c", &script])
+        .spawn()
+        .unwrap();
+    let child_pid = child.id() as u64;
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(200));
+    let evs = events(&d, "conn");
+    let bash = find(&evs, |e| {
+        e["state"] == "ESTABLISHED" && e["dport"].as_u64() == Some(host_srv.port() as u64) && e["direction"] == "out"
+    })
+    .unwrap_or_else(|| panic!("no event for the bash connection in {evs:#?}"));
+    assert_eq!(bash["comm"], "bash", "{bash}");
+    assert_eq!(bash["pid"].as_u64(), Some(child_pid), "{bash}");
+
     // The same events went to the JSON Lines file.
     let text = std::fs::read_to_string(&jsonl).unwrap();
     assert!(text.lines().any(|l| l.contains("\"sl-cli-host\"")), "{text}");
@@ -318,4 +345,24 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
         "enough events to overrun the stalled client"
     );
     drop(stalled);
+}
+
+#[test]
+fn listeners_older_than_the_daemon_are_still_attributed() {
+    require_root();
+    let lab = LabGuard::new("sv4", 34);
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    // The server starts listening before sluice runs.
+    let srv = server(b, IpAddr::V4(b.ns_v4), "sl-old-srv");
+    let d = Daemon::start("v4", &["sv4-*"]);
+    assert!(d.log_text().contains("existing listeners seeded"), "{}", d.log_text());
+    client(a, srv, "sl-new-cli", Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(300));
+    let evs = events(&d, "conn");
+    let inb = find(&evs, |e| {
+        e["state"] == "ESTABLISHED" && e["direction"] == "in" && e["sport"].as_u64() == Some(srv.port() as u64)
+    })
+    .unwrap_or_else(|| panic!("no inbound event in {evs:#?}"));
+    assert_eq!(inb["comm"], "sl-old-srv", "{inb}");
+    assert_eq!(inb["pid"].as_u64(), Some(std::process::id() as u64));
 }

@@ -378,6 +378,33 @@ impl Dataplane {
             .try_into()?;
         prog.load()?;
         prog.attach(sluice_abi::trace::CATEGORY, sluice_abi::trace::TRACEPOINT)?;
+        // Listeners older than us: their LISTEN transition was never seen.
+        // Seeded after attaching, so none can fall between the two.
+        let mut map: aya::maps::HashMap<_, sluice_abi::ListenKey, sluice_abi::Owner> = aya::maps::HashMap::try_from(
+            ebpf.map_mut("sl_listeners")
+                .ok_or(DataplaneError::Missing("sl_listeners"))?,
+        )?;
+        let found = crate::procfs::listeners();
+        for l in &found {
+            tracing::debug!(netns = l.netns, family = l.family, port = l.port, pid = l.pid, comm = %l.comm, "existing listener");
+            let mut comm = [0u8; 16];
+            let n = l.comm.len().min(15);
+            comm[..n].copy_from_slice(&l.comm.as_bytes()[..n]);
+            let key = sluice_abi::ListenKey {
+                netns: l.netns,
+                family: l.family,
+                port: l.port,
+            };
+            // BPF_NOEXIST: what the tracepoint recorded meanwhile is fresher.
+            const BPF_NOEXIST: u64 = 1;
+            if let Err(e) = map.insert(key, sluice_abi::Owner { pid: l.pid, comm }, BPF_NOEXIST) {
+                tracing::debug!(error = %e, port = l.port, "listener already known or map full");
+            }
+        }
+        tracing::info!(
+            listeners = found.len(),
+            "connection log: existing listeners seeded from /proc"
+        );
         self.trace = Some(ebpf);
         Ok(())
     }
