@@ -35,19 +35,26 @@ impl Client {
         self.call(Method::DELETE, path, None::<&()>).await
     }
 
-    /// Follows a Server-Sent Events stream, calling `f(event, data)` for each
-    /// event until the daemon closes it (or the process is interrupted).
-    pub async fn follow(&self, path: &str, mut f: impl FnMut(&str, &str) -> Result<()>) -> Result<()> {
+    /// Opens an HTTP/1 connection over the unix socket; a missing daemon is
+    /// one clear line saying how to start it.
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             anyhow!(
                 "the sluice daemon is not running (cannot connect to {}: {e}); start it with `sluice run` (or `make run`)",
                 self.socket.display()
             )
         })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        Ok(sender)
+    }
+
+    /// Follows a Server-Sent Events stream, calling `f(event, data)` for each
+    /// event until the daemon closes it (or the process is interrupted).
+    pub async fn follow(&self, path: &str, mut f: impl FnMut(&str, &str) -> Result<()>) -> Result<()> {
+        let mut sender = self.connect().await?;
         let req = Request::builder()
             .uri(path)
             .header("host", "sluice")
@@ -86,16 +93,7 @@ impl Client {
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-            anyhow!(
-                "the sluice daemon is not running (cannot connect to {}: {e}); start it with `sluice run` (or `make run`)",
-                self.socket.display()
-            )
-        })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = self.connect().await?;
         let body = match body {
             Some(b) => Bytes::from(serde_json::to_vec(b)?),
             None => Bytes::new(),
