@@ -30,7 +30,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 bench: setup
-	$(CARGO) bench --bench firewall
+	$(CARGO) bench --bench firewall --bench limits --bench events
 
 ## The one-minute tour's sandbox.
 demo: release

@@ -369,10 +369,12 @@ async fn events_sse(
     let kinds = kinds(&q)?;
     let hub = s.hub.clone();
     let stream = BroadcastStream::new(s.hub.subscribe()).filter_map(move |r| match r {
-        Ok(e) if kinds.is_empty() || kinds.contains(&e.kind()) => Some(Ok(Sse::default()
-            .event(e.kind().as_str())
-            .json_data(&*e)
-            .expect("events serialise"))),
+        Ok(e) if kinds.is_empty() || kinds.contains(&e.kind()) => {
+            // One serde_json pass into a String: axum's json_data scans and
+            // copies every small write, the hottest path of the stream.
+            let json = serde_json::to_string(&*e).expect("events serialise");
+            Some(Ok(Sse::default().event(e.kind().as_str()).data(json)))
+        }
         Ok(_) => None,
         Err(BroadcastStreamRecvError::Lagged(n)) => {
             hub.counters.lagged.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
