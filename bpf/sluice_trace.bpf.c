@@ -114,8 +114,12 @@ int sluice_conn(struct set_state_args *a)
 	}
 	/* An accepted child is cloned from its listener, so its first change
 	 * is LISTEN -> SYN_RECV; only LISTEN -> CLOSE is the listener going. */
-	if (olds == TCP_LISTEN && news == TCP_CLOSE) {
-		bpf_map_delete_elem(&sl_listeners, &lk);
+		if (olds == TCP_LISTEN && news == TCP_CLOSE) {
+		/* Only the owner's close removes the entry: a listen() that fails
+		 * with EADDRINUSE also goes LISTEN -> CLOSE, in another process. */
+		struct owner *o = bpf_map_lookup_elem(&sl_listeners, &lk);
+		if (o && o->pid == bpf_get_current_pid_tgid() >> 32)
+			bpf_map_delete_elem(&sl_listeners, &lk);
 		return 0;
 	}
 

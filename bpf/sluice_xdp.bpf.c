@@ -127,7 +127,8 @@ struct {
 } sl_ev_sample SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+		/* LRU: counters of interfaces long gone make room for new ones. */
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__type(key, struct if_stat_key);
 	__type(value, struct counter);
 	__uint(max_entries, 8192);
@@ -202,8 +203,12 @@ static __always_inline int lim_match(struct limit_rule *r, struct pkt *p)
 /* The bucket of a per-source rule, created on first sight. */
 static __always_inline struct limit_bucket *src_bucket(struct limit_rule *r, struct lim_ctx *c, __u32 slot)
 {
-	struct limit_src_key k = { .slot = slot, .family = c->p.family, .gen = r->gen };
-	__builtin_memcpy(k.addr, c->p.saddr, 16);
+		struct limit_src_key k = { .slot = slot, .family = c->p.family, .gen = r->gen };
+	/* IPv6 sources are bucketed per /64: a host owns a whole /64 and could
+	 * otherwise rotate addresses for fresh buckets. */
+		__builtin_memcpy(k.addr, c->p.saddr, 16);
+	if (c->p.family == 6)
+		__builtin_memset(k.addr + 8, 0, 8);
 	struct limit_bucket *b = bpf_map_lookup_elem(&sl_lim_src, &k);
 	if (b)
 		return b;
@@ -249,10 +254,12 @@ static long lim_one(__u32 i, void *data)
 	__u64 cost = gcra_cost(units, r->unit_fp, r->shift);
 	__u64 charge = cost;
 	if (r->warmup_ns) {
-		/* Idle for a whole warm-up period: cold again. */
-		if (c->now - b->last_seen > r->warmup_ns)
+				/* Idle for a whole warm-up period: cold again. Wrap-safe: another
+		 * CPU may have stored a last_seen later than our `now`. */
+		if (gcra_after(c->now, b->last_seen + r->warmup_ns))
 			b->warm_start = c->now;
-		b->last_seen = c->now;
+		if (gcra_after(c->now, b->last_seen))
+			b->last_seen = c->now;
 		charge = gcra_warm(cost, c->now, b->warm_start, r->warmup_ns);
 	}
 	__s64 limit = gcra_limit(r->tau, cost);

@@ -69,7 +69,9 @@ static __always_inline __u64 gcra_warm(__u64 cost, __u64 now, __u64 warm_start, 
  * tau - cost (how far ahead TAT may already be); `charge` advances TAT. */
 static __always_inline int gcra_check(__u64 tat, __u64 now, __s64 limit, __u64 charge, __u64 *ntat)
 {
-	__u64 base = gcra_after(tat, now) ? tat : now;
+	/* TAT 0 is a bucket never initialised (e.g. maps re-created after
+	 * `sluice down`): new, whatever the uptime. */
+	__u64 base = tat && gcra_after(tat, now) ? tat : now;
 	if ((__s64)(base - now) > limit)
 		return 0;
 	*ntat = base + charge;

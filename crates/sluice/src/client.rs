@@ -69,13 +69,15 @@ impl Client {
                 Err(_) => bail!("daemon answered {status}"),
             }
         }
-        let mut buf = String::new();
+        // Bytes until a whole block is in: a UTF-8 character may straddle frames.
+        let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.context("reading the event stream")?;
             let Some(chunk) = frame.data_ref() else { continue };
-            buf.push_str(&String::from_utf8_lossy(chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let block: String = buf.drain(..end + 2).collect();
+            buf.extend_from_slice(chunk);
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = buf.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&raw);
                 let (mut event, mut data) = ("message", String::new());
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("event:") {

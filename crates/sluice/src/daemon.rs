@@ -61,6 +61,19 @@ fn take_lock(state_dir: &Path) -> Result<PidLock> {
     Ok(PidLock { _file: f })
 }
 
+/// flock on the pin directory itself (bpffs directories accept it): one
+/// daemon per set of pins, whatever its state dir.
+fn lock_pin_dir(pin_dir: &Path) -> Result<fs::File> {
+    sluice::dataplane::ensure_bpffs(pin_dir)?;
+    fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    let f = fs::File::open(pin_dir).with_context(|| format!("opening {}", pin_dir.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another sluice daemon is using the pins in {}", pin_dir.display());
+    }
+    Ok(f)
+}
+
 /// The pid of a running daemon (one that holds the lock), if any.
 fn running_pid(state_dir: &Path) -> Option<i32> {
     let mut f = fs::File::open(lock_path(state_dir)).ok()?;
@@ -116,6 +129,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.state_dir)?;
     let limit_store = Store::open(&cfg.state_dir)?;
     raise_memlock();
+    // Everything that can fail without touching the kernel fails here: the
+    // pins are ours alone (another daemon with another state dir would
+    // otherwise reconcile our tables away), and the socket is free.
+    let _pin_lock = lock_pin_dir(&cfg.pin_dir)?;
+    let listener = bind_socket(&cfg.socket).await?;
 
     let t0 = Instant::now();
     let (dp, tables, limit_tables) = Dataplane::load(&cfg.pin_dir, cfg.capacity())?;
@@ -147,7 +165,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         tracing::info!(interfaces = %ifs.join(" "), globs = %cfg.interfaces.join(","), "XDP firewall attached in {:?}", t0.elapsed());
     }
 
-    let listener = bind_socket(&cfg.socket).await?;
     let hub = Hub::new(cfg.event_history);
     let state = Arc::new(Ctl {
         fw: Mutex::new(fw),
@@ -155,6 +172,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         hub: hub.clone(),
         events: Some(Mutex::new(event_maps)),
         requests: Mutex::new(Default::default()),
+        shutdown: tokio::sync::watch::channel(false).0,
         dp: Some(dp.clone()),
         started: Instant::now(),
         interface_globs: cfg.interfaces.clone(),
@@ -172,8 +190,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         None => None,
     };
     tracing::info!(socket = %cfg.socket.display(), "serving the API; `sluice status` to check, Ctrl-C to stop");
+    let stopping = state.clone();
     axum::serve(listener, api::app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // End the event streams, or the drain would wait on them forever.
+            let _ = stopping.shutdown.send(true);
+        })
         .await?;
     watcher.abort();
     reader.abort();

@@ -148,6 +148,33 @@ fn kill9_keeps_enforcing_and_a_restart_adopts_without_duplicates() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // Nor is one with another state dir on the same pins: it would reconcile
+    // our tables against its own (empty) store.
+    let other = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args([
+            "run",
+            "--socket",
+            "/tmp/sluice-e2e-third.sock",
+            "--iface",
+            "se2-*",
+            "--state-dir",
+        ])
+        .arg(other.path())
+        .arg("--pin-dir")
+        .arg(&d.pins.0)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("using the pins"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !ping(a, &a.host_v4.to_string()),
+        "the running daemon's rule is untouched"
+    );
 
     // A graceful stop leaves enforcement in place too.
     assert!(d.terminate().success());
@@ -219,6 +246,14 @@ fn down_detaches_and_unpins_and_run_reapplies_lost_maps() {
     d.ok(&["deny", "add", &a.ns_v4.to_string()]);
     assert!(!ping(a, &a.host_v4.to_string()));
 
+    // A client following the event stream must not hold up the shutdown.
+    let mut follower = Command::new(BIN)
+        .args(["events", "--follow"])
+        .env("SLUICE_SOCKET", &d.socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     let o = Command::new(BIN)
         .arg("down")
         .arg("--state-dir")
@@ -227,6 +262,14 @@ fn down_detaches_and_unpins_and_run_reapplies_lost_maps() {
         .arg(&d.pins.0)
         .output()
         .unwrap();
+    let t0 = Instant::now();
+    while follower.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        follower.try_wait().unwrap().is_some(),
+        "the follower's stream ended with the daemon"
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.contains("stopped the sluice daemon"), "{out}");

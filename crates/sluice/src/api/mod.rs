@@ -48,6 +48,9 @@ pub struct Ctl {
     pub events: Option<Mutex<EventMaps>>,
     /// API requests by (route, status), for /metrics.
     pub requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    /// Set to true when the daemon stops: ends every event stream, so a
+    /// graceful shutdown never waits on a following client.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     /// None when the API runs without a kernel (tests).
     pub dp: Option<Arc<Mutex<Dataplane>>>,
     pub started: Instant,
@@ -67,6 +70,7 @@ impl Ctl {
             hub,
             events: None,
             requests: Mutex::new(Default::default()),
+            shutdown: tokio::sync::watch::channel(false).0,
             dp,
             started: Instant::now(),
             interface_globs: Vec::new(),
@@ -79,15 +83,17 @@ impl Ctl {
 /// Drop events name their rule through the controllers.
 impl RuleNames for Ctl {
     fn name(&self, rule_kind: u8, slot: u32) -> Option<(i64, String)> {
+        // try_lock: the ring reader must never wait behind a long rule
+        // change; an event decoded meanwhile names the rule kind, not its id.
         if rule_kind == sluice_abi::ev::RULE_LIMIT {
-            let l = self.limits.lock().unwrap();
+            let l = self.limits.try_lock().ok()?;
             let r = l.by_slot(slot as u16)?;
             Some((
                 r.id,
                 format!("limit {} {} {}", r.spec.m, r.spec.rate, r.spec.kind.as_str()),
             ))
         } else {
-            let f = self.fw.lock().unwrap();
+            let f = self.fw.try_lock().ok()?;
             let r = f.rule_by_slot(slot)?;
             Some((r.id, r.spec.key().describe()))
         }
@@ -380,6 +386,10 @@ async fn events_sse(
             hub.counters.lagged.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             Some(Ok(Sse::default().event("lost").data(n.to_string())))
         }
+    });
+    let mut stop = s.shutdown.subscribe();
+    let stream = futures::StreamExt::take_until(stream, async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
     });
     Ok(axum::response::sse::Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -36,7 +36,13 @@ pub struct KernelLimitTables {
     counters: PerCpuArray<MapData, LimitCnt>,
     source_capacity: u32,
     ncpus: usize,
+    /// When the active half last changed: a half is rewritten only after
+    /// every program run that could still be reading it has finished.
+    last_flip: std::time::Instant,
 }
+
+/// Longer than any run of the XDP program (microseconds).
+const HALF_REUSE_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl KernelLimitTables {
     pub fn new(ebpf: &mut Ebpf, source_capacity: u32, ncpus: usize) -> Result<Self, DataplaneError> {
@@ -49,6 +55,7 @@ impl KernelLimitTables {
             counters: PerCpuArray::try_from(take(names::LIMIT_COUNTERS)?)?,
             source_capacity,
             ncpus,
+            last_flip: std::time::Instant::now(),
         })
     }
 }
@@ -59,12 +66,18 @@ impl LimitTables for KernelLimitTables {
             rules.len() <= MAX_LIMITS as usize,
             "limit rules are bounded by the controller"
         );
+        let since = self.last_flip.elapsed();
+        if since < HALF_REUSE_GRACE {
+            std::thread::sleep(HALF_REUSE_GRACE - since);
+        }
         let active = self.select.get(&0, 0)? >> 16;
         let idle = 1 - (active & 1);
         for (i, r) in rules.iter().enumerate() {
             self.rules.set(idle * MAX_LIMITS + i as u32, r, 0)?;
         }
-        Ok(self.select.set(0, (idle << 16) | rules.len() as u32, 0)?)
+        self.select.set(0, (idle << 16) | rules.len() as u32, 0)?;
+        self.last_flip = std::time::Instant::now();
+        Ok(())
     }
 
     fn reset_slot(&mut self, slot: u16, now: u64) -> Result<(), DataplaneError> {

@@ -215,7 +215,7 @@ fn expected_maps(cap: Capacity) -> Vec<MapShape> {
             sluice_abi::ev::LOST_COUNT,
         ),
         shape(sluice_abi::ev::CONFIG, MapType::Array, 4, 8, 1),
-        shape(sluice_abi::ev::IF_STATS, MapType::PerCpuHash, 8, 16, 8192),
+        shape(sluice_abi::ev::IF_STATS, MapType::LruPerCpuHash, 8, 16, 8192),
     ]);
     v
 }

@@ -135,7 +135,9 @@ impl Daemon {
         self.child = Some(cmd.spawn().expect("spawn sluice run"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            // The socket is bound before the dataplane loads; the daemon is
+            // ready once it answers (requests wait in the backlog until then).
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() && self.cli(&["status"]).status.success() {
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
