@@ -127,50 +127,32 @@ fn kill9_keeps_enforcing_and_a_restart_adopts_without_duplicates() {
     assert_eq!(link_pins(&d.pins.0), 2, "no duplicate attachment");
     assert!(!ping(a, &a.host_v4.to_string()), "still enforced after restart");
 
-    // A second daemon on the same state is refused.
-    let o = Command::new(BIN)
-        .args([
-            "run",
-            "--socket",
-            "/tmp/sluice-e2e-second.sock",
-            "--iface",
-            "se2-*",
-            "--state-dir",
-        ])
-        .arg(d.state_dir())
-        .arg("--pin-dir")
-        .arg(&d.pins.0)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("another sluice daemon is running"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    // Nor is one with another state dir on the same pins: it would reconcile
-    // our tables against its own (empty) store.
+    // A second daemon on the same state is refused; so is one with another
+    // state dir on the same pins (it would reconcile our tables against its
+    // own empty store). Both fail before touching the kernel.
     let other = tempfile::tempdir().unwrap();
-    let o = Command::new(BIN)
-        .args([
-            "run",
-            "--socket",
-            "/tmp/sluice-e2e-third.sock",
-            "--iface",
-            "se2-*",
-            "--state-dir",
-        ])
-        .arg(other.path())
-        .arg("--pin-dir")
-        .arg(&d.pins.0)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("using the pins"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    for (state, needle) in [
+        (d.state_dir(), "another sluice daemon is running"),
+        (other.path(), "using the pins"),
+    ] {
+        let o = Command::new(BIN)
+            .args([
+                "run",
+                "--socket",
+                "/tmp/sluice-e2e-second.sock",
+                "--iface",
+                "se2-*",
+                "--state-dir",
+            ])
+            .arg(state)
+            .arg("--pin-dir")
+            .arg(&d.pins.0)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
     assert!(
         !ping(a, &a.host_v4.to_string()),
         "the running daemon's rule is untouched"
