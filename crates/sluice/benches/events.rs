@@ -32,12 +32,14 @@
 //! `/sys/fs/bpf/sluice-benchev-<pid>`, the daemon, temp dirs) is removed at
 //! the end, on error and on panic. Nothing is attached outside the lab.
 
+mod common;
+
 use std::{
     io::{Read, Write},
     net::IpAddr,
     os::unix::net::UnixStream,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -47,15 +49,13 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use common::{is_root, BenchDaemon, LabGuard, PinGuard};
 use sluice::{
     api::types::Status,
-    dataplane,
     gen::{flood, Flood},
-    lab::{Lab, LabHost},
+    lab::LabHost,
 };
 use sluice_proto::packet::Packet;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 const LAB_NAME: &str = "be";
 const LAB_NUMBER: u8 = 70;
@@ -80,37 +80,24 @@ const QUIET: Duration = Duration::from_millis(500);
 /// Size of the lab frames (Ethernet + IPv4 + UDP + 22 payload bytes).
 const FRAME_LEN: usize = 64;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 // ---------------------------------------------------------------------------
 // Guards
 
-/// The bench lab, cleared of leftovers on creation and removed on drop.
-struct LabGuard(Lab);
-
-impl LabGuard {
-    fn new() -> Result<Self> {
-        let lab = Lab::new(LAB_NAME, "", LAB_NUMBER, 2)?;
-        lab.down()?;
-        let guard = LabGuard(lab);
-        guard.0.up()?;
-        // Every packet the XDP program judges becomes an event, so keep the
-        // namespaces quiet: no periodic IPv6 router solicitations (the
-        // frames themselves are never answered, see `lab_frame`).
-        for h in &guard.0.hosts {
-            let out = h.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.router_solicitations=0"])?;
-            ensure!(
-                out.status.success(),
-                "sysctl in {}: {}",
-                h.netns,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(guard)
+/// The bench lab, with the namespaces kept quiet: every packet the XDP
+/// program judges becomes an event, so no periodic IPv6 router
+/// solicitations (the frames themselves are never answered, see `lab_frame`).
+fn quiet_lab() -> Result<LabGuard> {
+    let guard = LabGuard::new(LAB_NAME, LAB_NUMBER)?;
+    for h in &guard.0.hosts {
+        let out = h.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.router_solicitations=0"])?;
+        ensure!(
+            out.status.success(),
+            "sysctl in {}: {}",
+            h.netns,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
+    Ok(guard)
 }
 
 /// Sum of the drop and error counters of `ethtool -S` on both ends of
@@ -136,100 +123,21 @@ fn veth_errors(h: &LabHost) -> Result<u64> {
     Ok(sum)
 }
 
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        match self.0.down() {
-            Ok(()) => eprintln!("  lab {LAB_NAME} removed"),
-            Err(e) => eprintln!("warning: lab down: {e}"),
-        }
-    }
-}
-
-/// A `sluice run --iface be-* --config CFG` child with a private socket,
-/// state dir and pin dir. Dropping it kills the daemon, runs `sluice down`
-/// on its dirs and unpins whatever is left.
-struct BenchDaemon {
-    child: Option<Child>,
-    pins: PathBuf,
-    dir: tempfile::TempDir,
-}
-
+/// A daemon managing the bench lab, polled with raw HTTP.
 impl BenchDaemon {
     /// Starts a daemon with `extra` TOML and waits until it is attached to `iface`.
     fn start(extra: &str, iface: &str) -> Result<Self> {
-        let pins = PathBuf::from(format!("/sys/fs/bpf/sluice-benchev-{}", std::process::id()));
-        ensure!(!pins.exists(), "{} already exists", pins.display());
-        let mut d = BenchDaemon {
-            child: None,
-            pins,
-            dir: tempfile::Builder::new().prefix("sluice-benchev-").tempdir()?,
-        };
-        let config = d.dir.path().join("sluice.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket = {:?}\nstate_dir = {:?}\npin_dir = {:?}\n{extra}",
-                d.socket(),
-                d.state_dir(),
-                d.pins
-            ),
-        )?;
-        let log = std::fs::File::create(d.log())?;
-        let child = Command::new(BIN)
-            .arg("run")
-            .args(["--iface", LAB_GLOB])
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning sluice run")?;
-        let pid = child.id();
-        d.child = Some(child);
-        let t = Instant::now();
-        loop {
-            if UnixStream::connect(d.socket()).is_ok() {
-                let st = d.status()?;
-                let names: Vec<&str> = st.interfaces.iter().map(|i| i.name.as_str()).collect();
-                if names.contains(&iface) {
-                    eprintln!(
-                        "  daemon pid {pid} up in {:.2?}, attached to {names:?} (pins {}, config: {})",
-                        t.elapsed(),
-                        d.pins.display(),
-                        extra.trim().replace('\n', ", ")
-                    );
-                    return Ok(d);
-                }
-            }
-            if let Some(st) = d.child.as_mut().expect("just spawned").try_wait()? {
-                bail!("daemon exited with {st}; log:\n{}", d.log_text());
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                bail!("daemon did not attach to {iface} in 30 s; log:\n{}", d.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("daemon running").id()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("sluice.sock")
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("daemon.log")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
+        let mut d = BenchDaemon::spawn(PinGuard::new("sluice-benchev", "")?, extra, &["--iface", LAB_GLOB])?;
+        let took = d.wait_ready(&format!("attach to {iface}"), |d| {
+            Ok(d.status()?.interfaces.iter().any(|i| i.name == iface))
+        })?;
+        eprintln!(
+            "  daemon pid {} up in {took:.2?}, attached to {iface} (pins {}, config: {})",
+            d.pid(),
+            d.pins.0.display(),
+            extra.trim().replace('\n', ", ")
+        );
+        Ok(d)
     }
 
     /// `GET /v1/status`, raw HTTP/1.0 over the socket (no CLI process, so
@@ -248,57 +156,6 @@ impl BenchDaemon {
             "status: {head}"
         );
         serde_json::from_str(body).with_context(|| format!("parsing the status {body}"))
-    }
-
-    /// `sluice down`: stops the daemon, detaches and unpins; reaps the child.
-    fn down(&mut self) -> Result<()> {
-        let out = Command::new(BIN)
-            .arg("down")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--pin-dir")
-            .arg(&self.pins)
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "sluice down: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if let Some(mut c) = self.child.take() {
-            let st = c.wait()?;
-            ensure!(st.success(), "daemon exited with {st}; log:\n{}", self.log_text());
-        }
-        ensure!(!self.pins.exists(), "sluice down left {}", self.pins.display());
-        Ok(())
-    }
-}
-
-impl Drop for BenchDaemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            eprintln!("  killing bench daemon pid {}", c.id());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if self.pins.exists() {
-            let _ = Command::new(BIN)
-                .arg("down")
-                .arg("--state-dir")
-                .arg(self.state_dir())
-                .arg("--pin-dir")
-                .arg(&self.pins)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .status();
-        }
-        if self.pins.exists() {
-            if let Err(e) = dataplane::teardown(&self.pins) {
-                eprintln!("warning: removing {}: {e}", self.pins.display());
-            }
-        }
-        // self.dir removes the socket, state, config and log.
     }
 }
 
@@ -953,7 +810,7 @@ fn main() -> Result<()> {
     }
     let started = Instant::now();
     eprintln!("== lab {LAB_NAME} (number {LAB_NUMBER}) and a sluice daemon on {LAB_GLOB}, packet_sample_every = 1");
-    let lab = LabGuard::new()?;
+    let lab = quiet_lab()?;
     let a = lab.0.host('a').clone();
     let frame = lab_frame(&a)?;
     let mut d = BenchDaemon::start("packet_sample_every = 1\n", &a.host_if)?;

@@ -25,27 +25,26 @@
 //! Everything it creates (pins under `/sys/fs/bpf/sluice-bench-*`, daemon
 //! processes, temp dirs) is removed at the end, on error and on panic.
 
+mod common;
+
 use std::{
     fs,
     io::{BufWriter, Write},
     net::{IpAddr, Ipv4Addr},
-    os::unix::net::UnixStream,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
+use common::{BenchDaemon, PinGuard};
 use sluice::{
-    dataplane::{self, Dataplane},
+    dataplane::Dataplane,
     firewall::Firewall,
     rules::{Action, RuleSpec},
     store::Store,
 };
 use sluice_proto::packet::Packet;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -192,25 +191,6 @@ fn measure<const N: usize>(xdp: &mut Xdp, cases: &[Case; N]) -> Result<[u64; N]>
     Ok(out)
 }
 
-/// A private pin directory under /sys/fs/bpf, torn down on drop.
-struct PinGuard(PathBuf);
-
-impl PinGuard {
-    fn new(tag: &str) -> Result<Self> {
-        let p = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}-{tag}", std::process::id()));
-        ensure!(!p.exists(), "{} already exists", p.display());
-        Ok(PinGuard(p))
-    }
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        if let Err(e) = dataplane::teardown(&self.0) {
-            eprintln!("warning: removing {}: {e}", self.0.display());
-        }
-    }
-}
-
 struct XdpRow {
     rules: usize,
     /// ns/packet: hit /32, hit /24, miss inside 10/8, miss outside 10/8.
@@ -224,7 +204,7 @@ struct XdpResults {
 }
 
 fn bench_xdp() -> Result<XdpResults> {
-    let pins = PinGuard::new("xdp")?;
+    let pins = PinGuard::new("sluice-bench", "-xdp")?;
     eprintln!("== XDP test_run: loading the dataplane in {}", pins.0.display());
     let cap = sluice::dataplane::Capacity {
         max_rules: XDP_MAX_RULES,
@@ -282,69 +262,21 @@ fn bench_xdp() -> Result<XdpResults> {
     })
 }
 
-/// A `sluice run` child with private config, socket, state dir and pins.
-/// Dropping it kills the daemon and removes its pins and files.
-struct BenchDaemon {
-    child: Option<Child>,
-    pins: PinGuard,
-    dir: tempfile::TempDir,
-}
-
-fn toml_str(p: &Path) -> Result<String> {
-    let s = p.to_str().context("non-UTF-8 temp path")?;
-    Ok(serde_json::to_string(s)?)
-}
-
+/// A daemon with no interface to manage and room for the import.
 impl BenchDaemon {
     fn start(tag: &str) -> Result<Self> {
-        let mut d = BenchDaemon {
-            child: None,
-            pins: PinGuard::new(tag)?,
-            dir: tempfile::Builder::new().prefix("sluice-bench-").tempdir()?,
-        };
-        let cfg = d.dir.path().join("sluice.toml");
-        fs::write(
-            &cfg,
-            format!(
-                "interfaces = [{}]\nsocket = {}\nstate_dir = {}\npin_dir = {}\nmax_rules = {DAEMON_MAX_RULES}\n",
-                serde_json::to_string(NO_IFACE_GLOB)?,
-                toml_str(&d.socket())?,
-                toml_str(&d.state_dir())?,
-                toml_str(&d.pins.0)?,
-            ),
-        )?;
-        let log = fs::File::create(d.log())?;
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning sluice run")?;
-        let pid = child.id();
-        d.child = Some(child);
-        let socket = d.socket();
-        let t = Instant::now();
-        loop {
-            if UnixStream::connect(&socket).is_ok() {
-                break;
-            }
-            if let Some(st) = d.child.as_mut().expect("just spawned").try_wait()? {
-                bail!("daemon exited with {st}; log:\n{}", d.log_text());
-            }
-            if t.elapsed() > Duration::from_secs(60) {
-                bail!("daemon did not open its socket in 60 s; log:\n{}", d.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let extra = format!(
+            "interfaces = [{}]\nmax_rules = {DAEMON_MAX_RULES}\n",
+            serde_json::to_string(NO_IFACE_GLOB)?
+        );
+        let mut d = BenchDaemon::spawn(PinGuard::new("sluice-bench", &format!("-{tag}"))?, &extra, &[])?;
+        let took = d.wait_ready("open its socket", |_| Ok(true))?;
         eprintln!(
-            "  daemon pid {pid} up in {:.2?} (pins {})",
-            t.elapsed(),
+            "  daemon pid {} up in {took:.2?} (pins {})",
+            d.pid(),
             d.pins.0.display()
         );
-        let st = d.status()?;
+        let st = d.json(&["status"])?;
         let ifaces = st["interfaces"].as_array().map_or(usize::MAX, Vec::len);
         ensure!(
             ifaces == 0,
@@ -353,73 +285,6 @@ impl BenchDaemon {
         );
         ensure!(st["rules"]["max_rules"] == DAEMON_MAX_RULES, "unexpected status {st}");
         Ok(d)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("sluice.sock")
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("daemon.log")
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(self.log()).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args).env("SLUICE_SOCKET", self.socket()).stdin(Stdio::null());
-        c
-    }
-
-    fn status(&self) -> Result<serde_json::Value> {
-        let out = self.cli(&["status", "--json"]).output()?;
-        ensure!(
-            out.status.success(),
-            "sluice status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
-
-    /// `sluice down`: stops the daemon and unpins; then reaps the child.
-    fn down(&mut self) -> Result<()> {
-        let out = Command::new(BIN)
-            .arg("down")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--pin-dir")
-            .arg(&self.pins.0)
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "sluice down: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if let Some(mut c) = self.child.take() {
-            let st = c.wait()?;
-            ensure!(st.success(), "daemon exited with {st}; log:\n{}", self.log_text());
-        }
-        ensure!(!self.pins.0.exists(), "sluice down left {}", self.pins.0.display());
-        Ok(())
-    }
-}
-
-impl Drop for BenchDaemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            eprintln!("  killing bench daemon pid {}", c.id());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // self.pins (dropped next) unpins; self.dir removes the files.
     }
 }
 
@@ -431,7 +296,7 @@ struct ImportRow {
 fn bench_import(n: usize) -> Result<ImportRow> {
     eprintln!("== sluice deny import of {n} prefixes (fresh daemon)");
     let mut d = BenchDaemon::start(&format!("import{n}"))?;
-    let file = d.dir.path().join("prefixes.txt");
+    let file = d.dir().join("prefixes.txt");
     {
         let mut w = BufWriter::new(fs::File::create(&file)?);
         for i in 0..n {
@@ -458,7 +323,7 @@ fn bench_import(n: usize) -> Result<ImportRow> {
         String::from_utf8_lossy(&out.stdout).trim(),
         wall
     );
-    let st = d.status()?;
+    let st = d.json(&["status"])?;
     ensure!(
         st["rules"]["deny"] == n,
         "daemon reports {} deny rules, expected {n}",

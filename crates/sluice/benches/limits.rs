@@ -38,30 +38,29 @@
 //! table, temp dirs) is removed at the end, on error and on panic. Nothing
 //! is attached to any interface outside the lab.
 
+mod common;
+
 use std::{
     net::{IpAddr, Ipv4Addr},
-    os::unix::net::UnixStream,
-    path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     sync::Barrier,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
+use common::{is_root, BenchDaemon, LabGuard, PinGuard};
 use serde_json::Value;
 use sluice::{
     dataplane::{self, Capacity, Dataplane},
     firewall::Firewall,
     gen::{flood, Flood, FloodReport},
-    lab::{Lab, LabHost},
+    lab::LabHost,
     limits::{LimitKind, LimitMatch, LimitRequest, LimitSpec, LimitStats, Limiter},
     rules::{Action, RuleSpec},
     store::Store,
 };
 use sluice_proto::packet::Packet;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -109,11 +108,6 @@ const DROP_FLOOD: Duration = Duration::from_secs(5);
 const DROP_LIMIT_PPS: u64 = 1_000;
 const NFT_TABLE: &str = "slbench";
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn median_f(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -137,47 +131,6 @@ fn run_cmd(args: &[&str]) -> Result<Output> {
 
 // ---------------------------------------------------------------------------
 // Guards
-
-/// A private pin directory under /sys/fs/bpf, torn down on drop.
-struct PinGuard(PathBuf);
-
-impl PinGuard {
-    fn new(tag: &str) -> Result<Self> {
-        let p = PathBuf::from(format!("/sys/fs/bpf/sluice-benchlim-{}{tag}", std::process::id()));
-        ensure!(!p.exists(), "{} already exists", p.display());
-        Ok(PinGuard(p))
-    }
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        if let Err(e) = dataplane::teardown(&self.0) {
-            eprintln!("warning: removing {}: {e}", self.0.display());
-        }
-    }
-}
-
-/// The bench lab, cleared of leftovers on creation and removed on drop.
-struct LabGuard(Lab);
-
-impl LabGuard {
-    fn new() -> Result<Self> {
-        let lab = Lab::new(LAB_NAME, "", LAB_NUMBER, 2)?;
-        lab.down()?;
-        let guard = LabGuard(lab);
-        guard.0.up()?;
-        Ok(guard)
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        match self.0.down() {
-            Ok(()) => eprintln!("  lab {LAB_NAME} removed"),
-            Err(e) => eprintln!("warning: lab down: {e}"),
-        }
-    }
-}
 
 /// The nftables table of the comparison, deleted on drop.
 struct NftGuard;
@@ -237,14 +190,6 @@ impl Drop for NftGuard {
     }
 }
 
-/// A `sluice run --iface bl-*` child with private socket, state dir and
-/// pins. Dropping it kills the daemon and runs `sluice down` on its dirs.
-struct BenchDaemon {
-    child: Option<Child>,
-    pins: PinGuard,
-    dir: tempfile::TempDir,
-}
-
 /// A limit rule's counters as `limit list --json` shows them.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
@@ -253,88 +198,22 @@ struct Counts {
     dropped: u64,
 }
 
+/// A daemon managing the bench lab, with limit helpers.
 impl BenchDaemon {
     fn start(glob: &str, iface: &str) -> Result<Self> {
-        let mut d = BenchDaemon {
-            child: None,
-            pins: PinGuard::new("")?,
-            dir: tempfile::Builder::new().prefix("sluice-benchlim-").tempdir()?,
-        };
-        let log = std::fs::File::create(d.log())?;
-        let child = Command::new(BIN)
-            .arg("run")
-            .args(["--iface", glob])
-            .arg("--socket")
-            .arg(d.socket())
-            .arg("--state-dir")
-            .arg(d.state_dir())
-            .arg("--pin-dir")
-            .arg(&d.pins.0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning sluice run")?;
-        let pid = child.id();
-        d.child = Some(child);
-        let t = Instant::now();
-        loop {
-            if UnixStream::connect(d.socket()).is_ok() {
-                let st = d.json(&["status"])?;
-                let names: Vec<&str> = st["interfaces"]
-                    .as_array()
-                    .map(|v| v.iter().filter_map(|i| i["name"].as_str()).collect())
-                    .unwrap_or_default();
-                if names.contains(&iface) {
-                    eprintln!(
-                        "  daemon pid {pid} up in {:.2?}, attached to {names:?} (pins {})",
-                        t.elapsed(),
-                        d.pins.0.display()
-                    );
-                    return Ok(d);
-                }
-            }
-            if let Some(st) = d.child.as_mut().expect("just spawned").try_wait()? {
-                bail!("daemon exited with {st}; log:\n{}", d.log_text());
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                bail!("daemon did not attach to {iface} in 30 s; log:\n{}", d.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("sluice.sock")
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("daemon.log")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
-    }
-
-    /// Runs a client command with `--json`; fails if it fails.
-    fn json(&self, args: &[&str]) -> Result<Value> {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--json")
-            .env("SLUICE_SOCKET", self.socket())
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "sluice {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+        let mut d = BenchDaemon::spawn(PinGuard::new("sluice-benchlim", "")?, "", &["--iface", glob])?;
+        let took = d.wait_ready(&format!("attach to {iface}"), |d| {
+            let st = d.json(&["status"])?;
+            Ok(st["interfaces"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|i| i["name"] == iface)))
+        })?;
+        eprintln!(
+            "  daemon pid {} up in {took:.2?}, attached to {iface} (pins {})",
+            d.pid(),
+            d.pins.0.display()
         );
-        serde_json::from_slice(&out.stdout).with_context(|| format!("parsing the output of sluice {}", args.join(" ")))
+        Ok(d)
     }
 
     fn add_limit(&self, args: &[&str]) -> Result<u64> {
@@ -371,53 +250,6 @@ impl BenchDaemon {
         let c = self.counts(id)?;
         let took = t.elapsed();
         Ok((t + took / 2, took, c))
-    }
-
-    /// `sluice down`: stops the daemon, detaches and unpins; reaps the child.
-    fn down(&mut self) -> Result<()> {
-        let out = Command::new(BIN)
-            .arg("down")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--pin-dir")
-            .arg(&self.pins.0)
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "sluice down: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if let Some(mut c) = self.child.take() {
-            let st = c.wait()?;
-            ensure!(st.success(), "daemon exited with {st}; log:\n{}", self.log_text());
-        }
-        ensure!(!self.pins.0.exists(), "sluice down left {}", self.pins.0.display());
-        Ok(())
-    }
-}
-
-impl Drop for BenchDaemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            eprintln!("  killing bench daemon pid {}", c.id());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if self.pins.0.exists() {
-            let _ = Command::new(BIN)
-                .arg("down")
-                .arg("--state-dir")
-                .arg(self.state_dir())
-                .arg("--pin-dir")
-                .arg(&self.pins.0)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .status();
-        }
-        // self.pins (dropped next) unpins whatever is left; self.dir
-        // removes the socket, state and log.
     }
 }
 
@@ -490,7 +322,7 @@ struct Loaded {
 
 impl Loaded {
     fn new(obj: &[u8], tag: &str, deny: &[String], limits: &[LimitRequest]) -> Result<Self> {
-        let pins = PinGuard::new(&format!("-{tag}"))?;
+        let pins = PinGuard::new("sluice-benchlim", &format!("-{tag}"))?;
         let cap = Capacity {
             max_rules: 1024,
             limit_sources: 1024,
@@ -1030,7 +862,7 @@ fn xdp_attached(dev: &str) -> Result<bool> {
 
 fn bench_lab() -> Result<(Vec<AccRow>, Vec<DropRow>)> {
     eprintln!("== lab {LAB_NAME} (number {LAB_NUMBER}) and a sluice daemon on {LAB_GLOB}");
-    let lab = LabGuard::new()?;
+    let lab = LabGuard::new(LAB_NAME, LAB_NUMBER)?;
     let a = lab.0.host('a').clone();
     let mut d = BenchDaemon::start(LAB_GLOB, &a.host_if)?;
     let frame = lab_frame(&a);
