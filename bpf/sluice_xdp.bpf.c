@@ -359,8 +359,10 @@ static __always_inline void verdict(struct xdp_md *ctx, struct pkt *p, __u32 idx
 		kind = EV_DROP;
 		lost = EVL_DROP;
 	} else {
+				if (!cfg->sample_every) /* the default: no per-packet counter work */
+			return;
 		__u64 *n = bpf_map_lookup_elem(&sl_ev_sample, &zero);
-		if (!n || !cfg->sample_every || ++*n % cfg->sample_every)
+		if (!n || ++*n % cfg->sample_every)
 			return;
 	}
 	struct ev_packet *e = ev_reserve(sizeof(*e), kind, lost);
