@@ -298,7 +298,13 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
         (n, lost)
     });
     std::thread::sleep(Duration::from_millis(300));
-    let before = d.json(&["status"])["events"]["received"]["packet"].as_u64().unwrap();
+    // XDP's own pass counter says how many packets reached the program; the
+    // veth between generator and XDP may drop a few when a clump overruns
+    // its ring, which is traffic loss, not event loss.
+    let xdp_passed = |st: &serde_json::Value| st["verdicts"]["pass"]["packets"].as_u64().unwrap();
+    let st0 = d.json(&["status"]);
+    let before = st0["events"]["received"]["packet"].as_u64().unwrap();
+    let xdp_before = xdp_passed(&st0);
     // 30k sampled packets at 10k/s: far more than the fan-out channel
     // (events::CHANNEL) and the stalled socket's buffers can hold, at a pace
     // a live client keeps up with (peak rates are for the benchmark).
@@ -310,11 +316,13 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
         spoof: None,
     };
     let sent = sluice::gen::flood(&a.netns_path(), "eth0", f).unwrap().sent;
+    std::thread::sleep(Duration::from_millis(200));
+    let seen_by_xdp = xdp_passed(&d.json(&["status"])) - xdp_before;
     let t0 = Instant::now();
     let mut after = 0;
     while t0.elapsed() < Duration::from_secs(5) {
         after = d.json(&["status"])["events"]["received"]["packet"].as_u64().unwrap();
-        if after - before >= sent {
+        if after - before >= seen_by_xdp {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -328,12 +336,13 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
     let (got, lost_markers) = counter.join().unwrap();
     let st = d.json(&["status"]);
     eprintln!(
-        "sent {sent}, daemon received {}, live client got {got}, stalled client never read; status {}",
+        "sent {sent}, XDP saw {seen_by_xdp}, daemon received {}, live client got {got}, stalled client never read; status {}",
         after - before,
         st["events"]
     );
     assert_eq!(st["events"]["lost_kernel"]["packet"], 0, "the ring kept up: {st}");
-    assert!(after - before >= sent, "every generated packet became an event");
+    assert!(seen_by_xdp >= sent * 95 / 100, "the traffic really flowed");
+    assert!(after - before >= seen_by_xdp, "every packet XDP saw became an event");
     assert_eq!(lost_markers, 0, "the live client lost nothing");
     assert!(
         got as u64 >= after - before,
@@ -341,7 +350,7 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
         after - before
     );
     assert!(
-        sent > sluice::events::CHANNEL as u64 * 3 / 2,
+        seen_by_xdp > sluice::events::CHANNEL as u64 * 3 / 2,
         "enough events to overrun the stalled client"
     );
     drop(stalled);
