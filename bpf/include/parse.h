@@ -30,6 +30,8 @@
 #define PKT_F_L4 0x1        /* sport/dport (or ICMP) header fully present */
 #define PKT_F_FRAG 0x2      /* non-first fragment: no L4 header here */
 #define PKT_F_L4_BAD 0x4    /* L4 header truncated or ext-header bound hit */
+#define PKT_F_RTHDR 0x8     /* IPv6 routing header: the pseudo-header uses the
+			     * final destination, so NAT leaves it alone */
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -48,11 +50,14 @@ struct pkt {
 	__be16 dport;
 	__u8 saddr[16]; /* IPv4 uses the first 4 bytes */
 	__u8 daddr[16];
+	__u16 l3off; /* offsets from the frame start, for rewriting (TC) */
+	__u16 l4off;
 };
 
 /* Ports of TCP/UDP; other protocols only need to be present. */
-static __always_inline void parse_l4(void *l4, void *end, struct pkt *p)
+static __always_inline void parse_l4(void *l4, void *end, struct pkt *p, void *data)
 {
+	p->l4off = l4 - data;
 	if (p->l4proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 		if ((void *)(th + 1) > end)
@@ -73,7 +78,7 @@ bad:
 	p->flags |= PKT_F_L4_BAD;
 }
 
-static __always_inline int parse_ipv6(void *cur, void *end, struct pkt *p)
+static __always_inline int parse_ipv6(void *cur, void *end, struct pkt *p, void *data)
 {
 	struct ipv6hdr *ip6 = cur;
 	if ((void *)(ip6 + 1) > end || ip6->version != 6)
@@ -92,6 +97,8 @@ static __always_inline int parse_ipv6(void *cur, void *end, struct pkt *p)
 		    nexthdr == IPPROTO_DSTOPTS) {
 			if ((void *)(oh + 1) > end)
 				goto l4_bad;
+			if (nexthdr == IPPROTO_ROUTING)
+				p->flags |= PKT_F_RTHDR;
 			nexthdr = oh->nexthdr;
 			cur += ((__u32)oh->hdrlen + 1) * 8;
 		} else if (nexthdr == IPPROTO_AH) {
@@ -116,7 +123,7 @@ static __always_inline int parse_ipv6(void *cur, void *end, struct pkt *p)
 			cur = fh + 1;
 		} else {
 			p->l4proto = nexthdr;
-			parse_l4(cur, end, p);
+			parse_l4(cur, end, p, data);
 			return PARSE_OK;
 		}
 	}
@@ -127,7 +134,7 @@ l4_bad:
 	return PARSE_OK;
 }
 
-static __always_inline int parse_ipv4(void *cur, void *end, struct pkt *p)
+static __always_inline int parse_ipv4(void *cur, void *end, struct pkt *p, void *data)
 {
 	struct iphdr *ip = cur;
 	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
@@ -143,7 +150,7 @@ static __always_inline int parse_ipv4(void *cur, void *end, struct pkt *p)
 		p->flags |= PKT_F_FRAG;
 		return PARSE_OK;
 	}
-	parse_l4(cur + hlen, end, p);
+	parse_l4(cur + hlen, end, p, data);
 	return PARSE_OK;
 }
 
@@ -168,10 +175,11 @@ static __always_inline int parse_pkt(void *data, void *end, struct pkt *p)
 		cur = vh + 1;
 	}
 
+	p->l3off = cur - data;
 	if (proto == bpf_htons(ETH_P_IP))
-		return parse_ipv4(cur, end, p);
+		return parse_ipv4(cur, end, p, data);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return parse_ipv6(cur, end, p);
+		return parse_ipv6(cur, end, p, data);
 	return PARSE_NON_IP;
 }
 

@@ -270,6 +270,103 @@ struct if_stat_key {
 	__u32 verdict;
 };
 
+
+/* ---- Forwarding (DNAT) and redirect: the TC programs (sluice_tc.bpf.c) ---- */
+
+/* Most targets one forward rule spreads its flows over. */
+#define SLUICE_MAX_FWD_TARGETS 16
+/* Capacity of the forward table and its counter array. */
+#define SLUICE_MAX_FORWARDS 1024
+/* Capacity of each redirect table and its counter array. */
+#define SLUICE_MAX_REDIRECTS 1024
+/* Default capacity of the translation-state LRU (config: max_flows). */
+#define SLUICE_DEFAULT_MAX_FLOWS 65536
+
+/* sl_fwd key: the service address a client sends to. */
+struct fwd_key {
+	__u8 family; /* 4 or 6 */
+	__u8 proto;  /* IPPROTO_TCP or IPPROTO_UDP */
+	__be16 port;
+	__u8 addr[16]; /* IPv4 uses the first 4 bytes, the rest is zero */
+};
+
+struct fwd_target {
+	__u8 addr[16];
+	__be16 port;
+	__u16 _pad;
+};
+
+/* sl_fwd value. A new flow takes target (flow hash % ntargets). */
+struct fwd_rule {
+	__u32 slot; /* index into sl_fwd_cnt */
+	__u32 ntargets;
+	struct fwd_target t[SLUICE_MAX_FWD_TARGETS];
+};
+
+/* sl_ct key: a packet's own tuple (family, proto, addresses, ports). */
+struct ct_key {
+	__u8 family;
+	__u8 proto;
+	__be16 sport;
+	__be16 dport;
+	__u16 _pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+enum ct_dir {
+	CT_DNAT = 1, /* client -> service: rewrite the destination */
+	CT_SNAT = 2, /* target -> client: rewrite the source back to the service */
+};
+
+/* TCP-aware state of one direction; the daemon expires entries by it. */
+enum ct_state {
+	CT_NEW = 0,   /* first packet (TCP SYN / UDP) seen, no more */
+	CT_EST = 1,   /* further packets seen */
+	CT_FIN = 2,   /* a FIN went this way */
+	CT_CLOSE = 3, /* a RST went this way */
+};
+
+struct ct_val {
+	__u8 addr[16]; /* the address to write (dst for DNAT, src for SNAT) */
+	__be16 port;
+	__u8 dir;   /* enum ct_dir */
+	__u8 state; /* enum ct_state */
+	__u32 slot; /* forward rule slot, for counters and flow counts */
+	__u64 last_ns; /* bpf_ktime_get_ns of the last packet */
+};
+
+#define REDIR_F_PEER 1 /* bpf_redirect_peer into the veth's namespace */
+
+/* sl_redir4 / sl_redir6 value (LPM keys as the firewall's). */
+struct redir_val {
+	__u32 ifindex;
+	__u32 flags;  /* REDIR_F_* */
+	__u32 slot;   /* index into sl_redir_cnt */
+	__u8 smac[6]; /* IFACE's MAC, the new source MAC */
+	__u16 _pad;
+};
+
+/* sl_tc_cfg[0], written by the daemon: empty rule sets cost no lookup. */
+struct tc_config {
+	__u32 abi_version;
+	__u32 nforwards;
+	__u32 nredirects;
+	__u32 _pad;
+};
+
+/* Indexes into sl_tc_stats (per-CPU struct counter). */
+enum tc_stat_idx {
+	TCS_DNAT = 0,      /* packets translated client -> target */
+	TCS_SNAT = 1,      /* replies translated back */
+	TCS_NEW_FLOW = 2,  /* flows created */
+	TCS_REDIRECT = 3,  /* packets redirected */
+	TCS_SKIPPED = 4,   /* matched a service but not translatable (fragment,
+			    * routing header, truncated L4) */
+	TCS_ERROR = 5,     /* a helper failed; packet passed unchanged */
+	TCS_COUNT = 6,
+};
+
 #ifdef __bpf__
 _Static_assert(sizeof(struct ev_hdr) == 16, "ev_hdr size");
 _Static_assert(sizeof(struct ev_conn) == 96, "ev_conn size");
@@ -288,6 +385,13 @@ _Static_assert(sizeof(struct limit_bucket) == 24, "limit_bucket size");
 _Static_assert(sizeof(struct limit_shared) == 32, "limit_shared size");
 _Static_assert(sizeof(struct limit_src_key) == 24, "limit_src_key size");
 _Static_assert(sizeof(struct limit_cnt) == 40, "limit_cnt size");
-#endif
+_Static_assert(sizeof(struct fwd_key) == 20, "fwd_key size");
+_Static_assert(sizeof(struct fwd_target) == 20, "fwd_target size");
+_Static_assert(sizeof(struct fwd_rule) == 328, "fwd_rule size");
+_Static_assert(sizeof(struct ct_key) == 40, "ct_key size");
+_Static_assert(sizeof(struct ct_val) == 32, "ct_val size");
+_Static_assert(sizeof(struct redir_val) == 20, "redir_val size");
+_Static_assert(sizeof(struct tc_config) == 16, "tc_config size");
+#endif /* __bpf__ */
 
 #endif /* SLUICE_ABI_H */

@@ -378,6 +378,140 @@ pub struct GenCfg {
     pub src_mask: u32,
 }
 
+/// Forwarding (DNAT) and redirect: the TC programs of `sluice_tc.bpf.c`.
+pub mod tc {
+    pub const INGRESS: &str = "sluice_tc_in";
+    pub const EGRESS: &str = "sluice_tc_out";
+    pub const FORWARDS: &str = "sl_fwd";
+    pub const FORWARD_COUNTERS: &str = "sl_fwd_cnt";
+    pub const CT: &str = "sl_ct";
+    pub const REDIRECT4: &str = "sl_redir4";
+    pub const REDIRECT6: &str = "sl_redir6";
+    pub const REDIRECT_COUNTERS: &str = "sl_redir_cnt";
+    pub const PEER_MAC: &str = "sl_peer_mac";
+    pub const CONFIG: &str = "sl_tc_cfg";
+    pub const STATS: &str = "sl_tc_stats";
+    pub const MAPS: [&str; 9] = [
+        FORWARDS,
+        FORWARD_COUNTERS,
+        CT,
+        REDIRECT4,
+        REDIRECT6,
+        REDIRECT_COUNTERS,
+        PEER_MAC,
+        CONFIG,
+        STATS,
+    ];
+    pub const MAX_FWD_TARGETS: usize = 16;
+    pub const MAX_FORWARDS: u32 = 1024;
+    pub const MAX_REDIRECTS: u32 = 1024;
+    pub const DEFAULT_MAX_FLOWS: u32 = 65536;
+    pub const PEER_MAC_ENTRIES: u32 = 4096;
+    pub const CT_DNAT: u8 = 1;
+    pub const CT_SNAT: u8 = 2;
+    pub const CT_NEW: u8 = 0;
+    pub const CT_EST: u8 = 1;
+    pub const CT_FIN: u8 = 2;
+    pub const CT_CLOSE: u8 = 3;
+    pub const REDIR_F_PEER: u32 = 1;
+    pub const STAT_DNAT: u32 = 0;
+    pub const STAT_SNAT: u32 = 1;
+    pub const STAT_NEW_FLOW: u32 = 2;
+    pub const STAT_REDIRECT: u32 = 3;
+    pub const STAT_SKIPPED: u32 = 4;
+    pub const STAT_ERROR: u32 = 5;
+    pub const STAT_COUNT: u32 = 6;
+    pub const STAT_NAMES: [&str; STAT_COUNT as usize] =
+        ["dnat", "snat", "new_flows", "redirected", "skipped", "errors"];
+}
+
+/// `struct fwd_key`: the service address (network order) a client sends to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FwdKey {
+    pub family: u8,
+    pub proto: u8,
+    /// Network order.
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+/// `struct fwd_target`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwdTarget {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `struct fwd_rule`: the value of `sl_fwd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwdRule {
+    pub slot: u32,
+    pub ntargets: u32,
+    pub t: [FwdTarget; tc::MAX_FWD_TARGETS],
+}
+
+/// `struct ct_key`: a packet's own tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub family: u8,
+    pub proto: u8,
+    /// Network order.
+    pub sport: u16,
+    /// Network order.
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// `struct ct_val`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtVal {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    pub dir: u8,
+    pub state: u8,
+    pub slot: u32,
+    pub last_ns: u64,
+}
+
+/// `struct redir_val`: the value of `sl_redir4` / `sl_redir6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirVal {
+    pub ifindex: u32,
+    pub flags: u32,
+    pub slot: u32,
+    pub smac: [u8; 6],
+    pub _pad: u16,
+}
+
+/// `struct tc_config`: `sl_tc_cfg[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcConfig {
+    pub abi_version: u32,
+    pub nforwards: u32,
+    pub nredirects: u32,
+    pub _pad: u32,
+}
+
+/// `struct mac` of `sl_peer_mac`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mac {
+    pub a: [u8; 6],
+    pub _pad: u16,
+}
+
 // Layout checks: these numbers are the header's `_Static_assert`s.
 const _: () = {
     assert!(size_of::<LpmV4Key>() == 8);
@@ -414,6 +548,20 @@ const _: () = {
     assert!(size_of::<IfStatKey>() == 8);
     assert!(size_of::<ListenKey>() == 8);
     assert!(size_of::<Owner>() == 20);
+    assert!(size_of::<FwdKey>() == 20);
+    assert!(offset_of!(FwdKey, addr) == 4);
+    assert!(size_of::<FwdTarget>() == 20);
+    assert!(size_of::<FwdRule>() == 328);
+    assert!(offset_of!(FwdRule, t) == 8);
+    assert!(size_of::<CtKey>() == 40);
+    assert!(offset_of!(CtKey, saddr) == 8);
+    assert!(size_of::<CtVal>() == 32);
+    assert!(offset_of!(CtVal, slot) == 20);
+    assert!(offset_of!(CtVal, last_ns) == 24);
+    assert!(size_of::<RedirVal>() == 20);
+    assert!(offset_of!(RedirVal, smac) == 12);
+    assert!(size_of::<TcConfig>() == 16);
+    assert!(size_of::<Mac>() == 8);
 };
 
 #[cfg(feature = "aya")]
@@ -435,6 +583,14 @@ mod pod {
     unsafe impl aya::Pod for super::IfStatKey {}
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::FwdKey {}
+    unsafe impl aya::Pod for super::FwdTarget {}
+    unsafe impl aya::Pod for super::FwdRule {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtVal {}
+    unsafe impl aya::Pod for super::RedirVal {}
+    unsafe impl aya::Pod for super::TcConfig {}
+    unsafe impl aya::Pod for super::Mac {}
 }
 
 #[cfg(test)]
@@ -518,6 +674,29 @@ mod header_sync {
             ("RULE_LIMIT", ev::RULE_LIMIT as u32),
             ("SLUICE_DEFAULT_SAMPLE_EVERY", ev::DEFAULT_SAMPLE_EVERY),
             ("SLUICE_DEFAULT_DROP_EVENTS", ev::DEFAULT_DROP_EVENTS),
+        ] {
+            assert_eq!(get(n), v as i64, "{n}");
+        }
+        use super::tc;
+        for (n, v) in [
+            ("SLUICE_MAX_FWD_TARGETS", tc::MAX_FWD_TARGETS as u32),
+            ("SLUICE_MAX_FORWARDS", tc::MAX_FORWARDS),
+            ("SLUICE_MAX_REDIRECTS", tc::MAX_REDIRECTS),
+            ("SLUICE_DEFAULT_MAX_FLOWS", tc::DEFAULT_MAX_FLOWS),
+            ("CT_DNAT", tc::CT_DNAT as u32),
+            ("CT_SNAT", tc::CT_SNAT as u32),
+            ("CT_NEW", tc::CT_NEW as u32),
+            ("CT_EST", tc::CT_EST as u32),
+            ("CT_FIN", tc::CT_FIN as u32),
+            ("CT_CLOSE", tc::CT_CLOSE as u32),
+            ("REDIR_F_PEER", tc::REDIR_F_PEER),
+            ("TCS_DNAT", tc::STAT_DNAT),
+            ("TCS_SNAT", tc::STAT_SNAT),
+            ("TCS_NEW_FLOW", tc::STAT_NEW_FLOW),
+            ("TCS_REDIRECT", tc::STAT_REDIRECT),
+            ("TCS_SKIPPED", tc::STAT_SKIPPED),
+            ("TCS_ERROR", tc::STAT_ERROR),
+            ("TCS_COUNT", tc::STAT_COUNT),
         ] {
             assert_eq!(get(n), v as i64, "{n}");
         }

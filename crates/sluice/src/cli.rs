@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sluice::{
     api::{
-        types::{LimitRequest, LimitView, RuleRequest, RuleView, Status},
+        types::{ForwardView, LimitRequest, LimitView, RedirectView, RuleRequest, RuleView, Status},
         MAX_BODY,
     },
     config::{Config, DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
@@ -63,6 +63,17 @@ enum Cmd {
     Limit {
         #[command(subcommand)]
         op: LimitOp,
+    },
+    /// Port forwarding / service DNAT at TC: flows for MATCH go to a target.
+    Forward {
+        #[command(subcommand)]
+        op: ForwardOp,
+    },
+    /// Send packets for a CIDR straight to an interface (bpf_redirect_peer
+    /// into a veth's namespace), bypassing the host's routing.
+    Redirect {
+        #[command(subcommand)]
+        op: RedirectOp,
     },
     /// Every TCP connection on the host (all namespaces), with its process.
     Conns {
@@ -214,6 +225,61 @@ enum LimitOp {
 }
 
 #[derive(Subcommand, Debug)]
+enum ForwardOp {
+    /// Add a forward: MATCH_IP:PORT[/tcp|/udp] TO_IP:PORT [--to TO_IP:PORT]...
+    /// (IPv6 as [ADDR]:PORT). Flows are spread over the targets by a flow
+    /// hash; replies are translated back so clients only see MATCH.
+    Add {
+        #[arg(value_name = "MATCH_IP:PORT[/PROTO]")]
+        service: String,
+        #[arg(value_name = "TO_IP:PORT")]
+        target: String,
+        /// More targets (repeatable).
+        #[arg(long = "to", value_name = "TO_IP:PORT")]
+        more: Vec<String>,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Delete a forward by id (its flows are forgotten).
+    Del {
+        id: i64,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// List forwards with packet counters and live flows.
+    List {
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RedirectOp {
+    /// Add a redirect: packets to CIDR arriving on managed interfaces go to IFACE.
+    Add {
+        cidr: String,
+        iface: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Delete a redirect by id.
+    Del {
+        id: i64,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// List redirects with their mode and packet counters.
+    List {
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum LabOp {
     /// Create namespaces sluice-a and sluice-b behind veth-sluice-a/-b.
     Up,
@@ -244,6 +310,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Deny { op } => rules(Action::Deny, op).await,
         Cmd::Allow { op } => rules(Action::Allow, op).await,
         Cmd::Limit { op } => limit(op).await,
+        Cmd::Forward { op } => forward(op).await,
+        Cmd::Redirect { op } => redirect(op).await,
         Cmd::Conns { follow, c } => events(vec!["conn".into()], follow, &c).await,
         Cmd::Events { follow, kind, c } => events(kind, follow, &c).await,
         Cmd::Down { state_dir, pin_dir } => daemon::down(&state_dir, &pin_dir),
@@ -547,6 +615,107 @@ async fn limit(op: LimitOp) -> Result<()> {
                     src,
                     ev,
                     l.comment.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn forward(op: ForwardOp) -> Result<()> {
+    let describe = |f: &ForwardView| format!("{}/{} -> {}", f.service, f.proto.as_str(), f.to.join(", "));
+    match op {
+        ForwardOp::Add {
+            service,
+            target,
+            more,
+            comment,
+            c,
+        } => {
+            let req = sluice::nat::ForwardRequest {
+                service,
+                to: std::iter::once(target).chain(more).collect(),
+                comment,
+            };
+            let f: ForwardView = Client::new(&c.socket).post("/v1/forwards", &req).await?;
+            if c.json {
+                return print_json(&f);
+            }
+            println!("added forward {}: {}", f.id, describe(&f));
+        }
+        ForwardOp::Del { id, c } => {
+            let f: ForwardView = Client::new(&c.socket).delete(&format!("/v1/forwards/{id}")).await?;
+            if c.json {
+                return print_json(&f);
+            }
+            println!("deleted forward {}: {}", f.id, describe(&f));
+        }
+        ForwardOp::List { c } => {
+            let v: Vec<ForwardView> = Client::new(&c.socket).get("/v1/forwards").await?;
+            if c.json {
+                return print_json(&v);
+            }
+            println!(
+                "{:<5} {:<60} {:>12} {:>14} {:>8}  COMMENT",
+                "ID", "FORWARD", "PACKETS", "BYTES", "FLOWS"
+            );
+            for f in &v {
+                println!(
+                    "{:<5} {:<60} {:>12} {:>14} {:>8}  {}",
+                    f.id,
+                    describe(f),
+                    f.packets,
+                    f.bytes,
+                    f.flows,
+                    f.comment.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn redirect(op: RedirectOp) -> Result<()> {
+    match op {
+        RedirectOp::Add {
+            cidr,
+            iface,
+            comment,
+            c,
+        } => {
+            let req = sluice::nat::RedirectRequest { cidr, iface, comment };
+            let r: RedirectView = Client::new(&c.socket).post("/v1/redirects", &req).await?;
+            if c.json {
+                return print_json(&r);
+            }
+            println!("added redirect {}: {} -> {} ({})", r.id, r.cidr, r.iface, r.mode);
+        }
+        RedirectOp::Del { id, c } => {
+            let r: RedirectView = Client::new(&c.socket).delete(&format!("/v1/redirects/{id}")).await?;
+            if c.json {
+                return print_json(&r);
+            }
+            println!("deleted redirect {}: {} -> {}", r.id, r.cidr, r.iface);
+        }
+        RedirectOp::List { c } => {
+            let v: Vec<RedirectView> = Client::new(&c.socket).get("/v1/redirects").await?;
+            if c.json {
+                return print_json(&v);
+            }
+            println!(
+                "{:<5} {:<44} {:<16} {:<9} {:>12} {:>14}  COMMENT",
+                "ID", "CIDR", "IFACE", "MODE", "PACKETS", "BYTES"
+            );
+            for r in &v {
+                println!(
+                    "{:<5} {:<44} {:<16} {:<9} {:>12} {:>14}  {}",
+                    r.id,
+                    r.cidr,
+                    r.iface,
+                    r.mode,
+                    r.packets,
+                    r.bytes,
+                    r.comment.as_deref().unwrap_or("")
                 );
             }
         }

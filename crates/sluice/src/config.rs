@@ -43,6 +43,9 @@ pub struct Config {
     /// Capacity of the per-source rate-limit bucket LRU (all per-source
     /// rules share it; the least recently seen source is evicted).
     pub limit_sources: u32,
+    /// Capacity of the forwarding translation-state LRU: two entries per
+    /// forwarded flow (one per direction).
+    pub max_flows: u32,
     /// One sampled packet event per this many packets, per CPU (0 = off).
     pub packet_sample_every: u32,
     /// Most drop events per second, per CPU; the rest are counted as lost.
@@ -68,6 +71,7 @@ impl Default for Config {
             pin_dir: DEFAULT_PIN_DIR.into(),
             max_rules: sluice_abi::DEFAULT_MAX_RULES,
             limit_sources: sluice_abi::DEFAULT_LIMIT_SOURCES,
+            max_flows: sluice_abi::tc::DEFAULT_MAX_FLOWS,
             packet_sample_every: sluice_abi::ev::DEFAULT_SAMPLE_EVERY,
             drop_events_per_sec: sluice_abi::ev::DEFAULT_DROP_EVENTS,
             events_ring_bytes: sluice_abi::ev::DEFAULT_RING_BYTES,
@@ -111,6 +115,12 @@ impl Config {
                 self.limit_sources
             )));
         }
+        if !(64..=1 << 24).contains(&self.max_flows) {
+            return Err(ConfigError::Invalid(format!(
+                "max_flows {} is out of range 64..=16777216",
+                self.max_flows
+            )));
+        }
         if !self.events_ring_bytes.is_power_of_two() || !(4096..=1 << 30).contains(&self.events_ring_bytes) {
             return Err(ConfigError::Invalid(format!(
                 "events_ring_bytes {} must be a power of two between 4096 and 1073741824",
@@ -147,6 +157,7 @@ impl Config {
             max_rules: self.max_rules,
             limit_sources: self.limit_sources,
             ring_bytes: self.events_ring_bytes,
+            max_flows: self.max_flows,
         }
     }
 

@@ -21,6 +21,7 @@ use sluice::{
     events::{read_ring, run_jsonl, Decoder, Hub, JsonlSink},
     firewall::Firewall,
     limits::Limiter,
+    nat::Nat,
     store::Store,
     watch::Watcher,
 };
@@ -128,6 +129,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let _lock = take_lock(&cfg.state_dir)?;
     let store = Store::open(&cfg.state_dir)?;
     let limit_store = Store::open(&cfg.state_dir)?;
+    let nat_store = Store::open(&cfg.state_dir)?;
     raise_memlock();
     // Everything that can fail without touching the kernel fails here: the
     // pins are ours alone (another daemon with another state dir would
@@ -139,12 +141,26 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (dp, tables, limit_tables) = Dataplane::load(&cfg.pin_dir, cfg.capacity())?;
     let (fw, rec) = Firewall::open(store, Box::new(tables))?;
     let limiter = Limiter::open(limit_store, Box::new(limit_tables))?;
+    let mut dp = dp;
+    let nat_tables = dp.take_nat_tables()?.expect("a freshly loaded object has its TC maps");
+    let (nat, nat_rec) = Nat::open(nat_store, Some(nat_tables))?;
+    if nat_rec.inactive_redirects > 0 {
+        tracing::warn!(
+            inactive = nat_rec.inactive_redirects,
+            "some redirect rules name interfaces that do not exist (yet); they apply once the interface appears"
+        );
+    }
+    tracing::info!(
+        forwards = nat_rec.forwards,
+        redirects = nat_rec.redirects,
+        removed = nat_rec.removed,
+        "forward and redirect tables reconciled with the store"
+    );
     tracing::info!(
         pin_dir = %cfg.pin_dir.display(),
         kept = rec.kept, added = rec.added, removed = rec.removed, limits = limiter.count(),
         "dataplane loaded and rule tables reconciled with the store"
     );
-    let mut dp = dp;
     let mut event_maps = dp
         .take_event_maps()?
         .expect("a freshly loaded object has its event maps");
@@ -169,6 +185,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let state = Arc::new(Ctl {
         fw: Mutex::new(fw),
         limits: Mutex::new(limiter),
+        nat: Mutex::new(nat),
         hub: hub.clone(),
         events: Some(Mutex::new(event_maps)),
         requests: Mutex::new(Default::default()),
@@ -179,6 +196,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         pin_dir: cfg.pin_dir.display().to_string(),
         state_dir: cfg.state_dir.display().to_string(),
     });
+    let nat_gc = tokio::spawn(nat_housekeeping(state.clone()));
     let reader = tokio::spawn(read_ring(ring, hub.clone(), Decoder::new(state.clone())));
     let jsonl = match &cfg.events_jsonl {
         Some(path) => {
@@ -199,6 +217,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         })
         .await?;
     watcher.abort();
+    nat_gc.abort();
     reader.abort();
     if let Some(j) = jsonl {
         j.abort();
@@ -209,6 +228,28 @@ pub async fn run(cfg: Config) -> Result<()> {
         cfg.pin_dir.display()
     );
     Ok(())
+}
+
+/// Every few seconds: expire forwarding state by TCP state and age, and
+/// re-resolve redirect interfaces (containers come and go with new ifindexes).
+async fn nat_housekeeping(state: Arc<Ctl>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let s = state.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut nat = s.nat.lock().unwrap();
+            let gone = nat.gc()?;
+            nat.refresh_redirects()?;
+            Ok::<_, sluice::nat::NatError>(gone)
+        })
+        .await;
+        match r {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(expired = n, "forwarding state expired"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "forwarding housekeeping"),
+            _ => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {

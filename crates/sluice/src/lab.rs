@@ -166,13 +166,16 @@ impl LabHost {
         run(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
         run(&["ip", "-n", ns, "route", "replace", "default", "via", &gw4])?;
         run(&["ip", "-n", ns, "-6", "route", "replace", "default", "via", &gw6])?;
-        // Route between lab hosts through the host, for IPv4, on these
-        // interfaces only: the host's global ip_forward is left alone.
+        // Route between lab hosts through the host, on these interfaces
+        // only: the host's global ip_forward is left alone.
         let fwd = format!("/proc/sys/net/ipv4/conf/{hi}/forwarding");
         std::fs::write(&fwd, "1").map_err(|e| LabError::Command {
             cmd: format!("write {fwd}"),
             stderr: e.to_string(),
         })?;
+        // IPv6 likewise where the kernel has per-interface force_forwarding
+        // (6.17+); elsewhere IPv6 between lab hosts needs global forwarding.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{hi}/force_forwarding"), "1");
         Ok(())
     }
 

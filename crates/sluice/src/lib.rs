@@ -10,6 +10,7 @@ pub mod firewall;
 pub mod gen;
 pub mod lab;
 pub mod limits;
+pub mod nat;
 pub mod procfs;
 pub mod rules;
 pub mod store;

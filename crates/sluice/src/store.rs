@@ -15,7 +15,11 @@ use crate::{
 };
 
 /// Version of the schema this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// Tables of rules kept as a JSON spec plus a kernel slot.
+pub const FORWARDS: &str = "forwards";
+pub const REDIRECTS: &str = "redirects";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +52,18 @@ CREATE TABLE IF NOT EXISTS fw_rules (
     UNIQUE (action, dir, cidr)
 );
 CREATE TABLE IF NOT EXISTS limits (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    slot INTEGER NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS forwards (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    slot INTEGER NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS redirects (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     slot INTEGER NOT NULL UNIQUE,
     spec TEXT NOT NULL,
@@ -94,7 +110,8 @@ impl Store {
             let found = found
                 .and_then(|v| v.parse::<i64>().ok())
                 .ok_or_else(|| StoreError::Foreign("missing schema_version".into()))?;
-            // v1 -> v2 only added the limits table, created below.
+            // v1 -> v2 -> v3 only added tables (limits; forwards and
+            // redirects), created below.
             if !(1..=SCHEMA_VERSION).contains(&found) {
                 return Err(StoreError::Version { found });
             }
@@ -180,6 +197,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Every row of a JSON-spec table ([`FORWARDS`], [`REDIRECTS`]):
+    /// (id, slot, spec, created), ordered by id.
+    pub fn json_rows(&self, table: &'static str) -> Result<Vec<(i64, u32, String, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT id, slot, spec, created FROM {table} ORDER BY id"))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, slot, spec, created) = row?;
+            let slot = u32::try_from(slot).map_err(|_| StoreError::BadRow {
+                id,
+                why: format!("slot {slot} out of range"),
+            })?;
+            out.push((id, slot, spec, created));
+        }
+        Ok(out)
+    }
+
     /// Starts a transaction; rules are written through [`StoreTx`].
     pub fn begin(&mut self) -> Result<StoreTx<'_>, StoreError> {
         Ok(StoreTx {
@@ -228,6 +264,21 @@ impl StoreTx<'_> {
 
     pub fn delete_limit(&self, id: i64) -> Result<bool, StoreError> {
         Ok(self.tx.execute("DELETE FROM limits WHERE id = ?1", params![id])? == 1)
+    }
+
+    pub fn insert_json(&self, table: &'static str, slot: u32, spec: &str, created: i64) -> Result<i64, StoreError> {
+        self.tx.execute(
+            &format!("INSERT INTO {table} (slot, spec, created) VALUES (?1, ?2, ?3)"),
+            params![slot as i64, spec, created],
+        )?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    pub fn delete_json(&self, table: &'static str, id: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .execute(&format!("DELETE FROM {table} WHERE id = ?1"), params![id])?
+            == 1)
     }
 
     pub fn commit(self) -> Result<(), StoreError> {

@@ -30,6 +30,7 @@ use crate::{
     events::{parse_kinds, Hub, Kind, RuleNames},
     firewall::{Firewall, FwError, Selector},
     limits::{Limiter, LimiterError},
+    nat::{ForwardRequest, Nat, NatError, RedirectRequest},
     rules::{Action, Direction, RuleSpec},
 };
 use types::*;
@@ -43,6 +44,8 @@ pub const MAX_BATCH: usize = 100_000;
 pub struct Ctl {
     pub fw: Mutex<Firewall>,
     pub limits: Mutex<Limiter>,
+    /// Forward and redirect rules.
+    pub nat: Mutex<Nat>,
     pub hub: Arc<Hub>,
     /// Lost counters and per-interface counters (None without a kernel).
     pub events: Option<Mutex<EventMaps>>,
@@ -62,11 +65,14 @@ pub struct Ctl {
 pub type AppState = Arc<Ctl>;
 
 impl Ctl {
-    /// A control block with empty event plumbing (tests; the daemon fills it).
+    /// A control block with empty event plumbing and forward/redirect rules
+    /// kept in memory only (tests; the daemon fills in the real ones).
     pub fn new(fw: Firewall, limits: Limiter, dp: Option<Arc<Mutex<Dataplane>>>, hub: Arc<Hub>) -> Self {
+        let store = crate::store::Store::in_memory().expect("an in-memory store");
         Ctl {
             fw: Mutex::new(fw),
             limits: Mutex::new(limits),
+            nat: Mutex::new(Nat::open(store, None).expect("an empty rule set").0),
             hub,
             events: None,
             requests: Mutex::new(Default::default()),
@@ -141,6 +147,21 @@ impl From<LimiterError> for ApiError {
     }
 }
 
+impl From<NatError> for ApiError {
+    fn from(e: NatError) -> Self {
+        let code = match &e {
+            NatError::Invalid(_) => StatusCode::BAD_REQUEST,
+            NatError::Conflict { .. } | NatError::Full(..) => StatusCode::CONFLICT,
+            NatError::NotFound(_) => StatusCode::NOT_FOUND,
+            NatError::Dataplane(_) | NatError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if code == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError(code, e.to_string())
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let code = r.status();
@@ -200,6 +221,10 @@ pub fn app(state: AppState) -> Router {
         .merge(rule_routes(Action::Allow))
         .route("/v1/limits", get(list_limits).post(add_limit))
         .route("/v1/limits/{id}", delete(delete_limit))
+        .route("/v1/forwards", get(list_forwards).post(add_forward))
+        .route("/v1/forwards/{id}", delete(delete_forward))
+        .route("/v1/redirects", get(list_redirects).post(add_redirect))
+        .route("/v1/redirects/{id}", delete(delete_redirect))
         .route("/v1/events", get(events_sse))
         .route("/v1/events/recent", get(events_recent))
         .route("/v1/conns", get(conns))
@@ -321,6 +346,52 @@ async fn delete_rule(s: AppState, action: Action, sel: Selector) -> ApiResult<Js
         Ok(Json(RuleView::new(&r, 0, 0)))
     })
     .await
+}
+
+async fn list_forwards(State(s): State<AppState>) -> ApiResult<Json<Vec<ForwardView>>> {
+    blocking(move || {
+        let n = s.nat.lock().unwrap();
+        let flows = n.flow_counts();
+        let mut out = Vec::new();
+        for f in n.forwards() {
+            let c = n.forward_counter(f.slot)?;
+            out.push(ForwardView::new(f, c, flows.get(&f.slot).copied().unwrap_or(0)));
+        }
+        Ok(Json(out))
+    })
+    .await
+}
+
+async fn add_forward(State(s): State<AppState>, Json(req): Json<ForwardRequest>) -> ApiResult<Response> {
+    let f = blocking(move || Ok(s.nat.lock().unwrap().add_forward(&req)?)).await?;
+    Ok((StatusCode::CREATED, Json(ForwardView::new(&f, Default::default(), 0))).into_response())
+}
+
+async fn delete_forward(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<ForwardView>> {
+    let f = blocking(move || Ok(s.nat.lock().unwrap().del_forward(id)?)).await?;
+    Ok(Json(ForwardView::new(&f, Default::default(), 0)))
+}
+
+async fn list_redirects(State(s): State<AppState>) -> ApiResult<Json<Vec<RedirectView>>> {
+    blocking(move || {
+        let n = s.nat.lock().unwrap();
+        let mut out = Vec::new();
+        for r in n.redirects() {
+            out.push(RedirectView::new(r, n.redirect_counter(r.slot)?));
+        }
+        Ok(Json(out))
+    })
+    .await
+}
+
+async fn add_redirect(State(s): State<AppState>, Json(req): Json<RedirectRequest>) -> ApiResult<Response> {
+    let r = blocking(move || Ok(s.nat.lock().unwrap().add_redirect(&req)?)).await?;
+    Ok((StatusCode::CREATED, Json(RedirectView::new(&r, Default::default()))).into_response())
+}
+
+async fn delete_redirect(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<RedirectView>> {
+    let r = blocking(move || Ok(s.nat.lock().unwrap().del_redirect(id)?)).await?;
+    Ok(Json(RedirectView::new(&r, Default::default())))
 }
 
 async fn list_limits(State(s): State<AppState>) -> ApiResult<Json<Vec<LimitView>>> {

@@ -216,3 +216,79 @@ pub struct EventSummary {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// A forward rule as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardView {
+    pub id: i64,
+    pub proto: crate::nat::Proto,
+    /// The service, `IP:PORT` (`[IPv6]:PORT`).
+    #[serde(rename = "match")]
+    pub service: String,
+    pub to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub created: i64,
+    /// Packets and bytes translated, both directions.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Live flows (client -> service directions in the translation state).
+    pub flows: u64,
+}
+
+impl ForwardView {
+    pub fn new(f: &crate::nat::Forward, c: sluice_abi::Counter, flows: u64) -> Self {
+        ForwardView {
+            id: f.id,
+            proto: f.spec.proto,
+            service: f.spec.service.to_string(),
+            to: f.spec.targets.iter().map(|t| t.to_string()).collect(),
+            comment: f.spec.comment.clone(),
+            created: f.created,
+            packets: c.packets,
+            bytes: c.bytes,
+            flows,
+        }
+    }
+}
+
+/// A redirect rule as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RedirectView {
+    pub id: i64,
+    pub cidr: String,
+    pub iface: String,
+    /// The interface's index now; absent while it does not exist (the rule
+    /// is kept and applies again when the interface comes back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    /// "peer" (bpf_redirect_peer into a veth's namespace), "egress"
+    /// (out of the interface) or "inactive".
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub created: i64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl RedirectView {
+    pub fn new(r: &crate::nat::Redirect, c: sluice_abi::Counter) -> Self {
+        let mode = match r.target {
+            Some(t) if t.peer => "peer",
+            Some(_) => "egress",
+            None => "inactive",
+        };
+        RedirectView {
+            id: r.id,
+            cidr: r.spec.cidr.to_string(),
+            iface: r.spec.iface.clone(),
+            ifindex: r.target.map(|t| t.ifindex),
+            mode: mode.into(),
+            comment: r.spec.comment.clone(),
+            created: r.created,
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}

@@ -11,6 +11,7 @@
 
 mod event_maps;
 mod limit_tables;
+mod nat_tables;
 mod tables;
 
 use std::{
@@ -22,11 +23,12 @@ use std::{
 
 use aya::{
     maps::{Map, MapData, MapType},
-    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    programs::{links::FdLink, links::PinnedLink, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 pub use event_maps::{decode, EventMaps, RawEvent};
 pub use limit_tables::{KernelLimitTables, LimitTables, MemLimitTables};
+pub use nat_tables::NatTables;
 use sluice_abi::{xdp as names, FwTable, ABI_VERSION};
 pub use tables::{KernelTables, MemTables, Tables};
 
@@ -37,6 +39,8 @@ pub static XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub static XDP_SPIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp_spin.bpf.o"));
 /// The TCP connection tracer (tracepoint sock/inet_sock_set_state).
 pub static TRACE_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_trace.bpf.o"));
+/// Forwarding (DNAT) and redirect at TC (bpf/sluice_tc.bpf.c).
+pub static TC_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_tc.bpf.o"));
 /// The XDP live-frames traffic generator (tests and benchmarks).
 pub static GEN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_gen.bpf.o"));
 
@@ -49,6 +53,8 @@ pub struct Capacity {
     pub limit_sources: u32,
     /// Size of the event ring buffer in bytes (a power of 2, >= 4096).
     pub ring_bytes: u32,
+    /// The forwarding translation-state LRU (one entry per flow direction).
+    pub max_flows: u32,
 }
 
 impl Default for Capacity {
@@ -57,6 +63,7 @@ impl Default for Capacity {
             max_rules: sluice_abi::DEFAULT_MAX_RULES,
             limit_sources: sluice_abi::DEFAULT_LIMIT_SOURCES,
             ring_bytes: sluice_abi::ev::DEFAULT_RING_BYTES,
+            max_flows: sluice_abi::tc::DEFAULT_MAX_FLOWS,
         }
     }
 }
@@ -217,6 +224,18 @@ fn expected_maps(cap: Capacity) -> Vec<MapShape> {
         shape(sluice_abi::ev::CONFIG, MapType::Array, 4, 8, 1),
         shape(sluice_abi::ev::IF_STATS, MapType::LruPerCpuHash, 8, 16, 8192),
     ]);
+    use sluice_abi::tc;
+    v.extend([
+        shape(tc::FORWARDS, MapType::Hash, 20, 328, tc::MAX_FORWARDS),
+        shape(tc::FORWARD_COUNTERS, MapType::PerCpuArray, 4, 16, tc::MAX_FORWARDS),
+        shape(tc::CT, MapType::LruHash, 40, 32, cap.max_flows),
+        shape(tc::REDIRECT4, MapType::LpmTrie, 8, 20, tc::MAX_REDIRECTS),
+        shape(tc::REDIRECT6, MapType::LpmTrie, 20, 20, tc::MAX_REDIRECTS),
+        shape(tc::REDIRECT_COUNTERS, MapType::PerCpuArray, 4, 16, tc::MAX_REDIRECTS),
+        shape(tc::PEER_MAC, MapType::Hash, 4, 8, tc::PEER_MAC_ENTRIES),
+        shape(tc::CONFIG, MapType::Array, 4, 16, 1),
+        shape(tc::STATS, MapType::PerCpuArray, 4, 16, tc::STAT_COUNT),
+    ]);
     v
 }
 
@@ -250,7 +269,7 @@ pub fn check_pins(pin_dir: &Path, cap: Capacity) -> Result<(), DataplaneError> {
         }
         if info.max_entries() != shape.max_entries {
             return Err(bad(format!(
-                "capacity {} but max_rules is {}",
+                "capacity {}, this configuration wants {}",
                 info.max_entries(),
                 shape.max_entries
             )));
@@ -296,13 +315,19 @@ pub struct Attachment {
     pub mode: AttachMode,
     /// True if this daemon adopted a link pinned by an earlier one.
     pub adopted: bool,
+    /// True if the TC programs (forward, redirect) are attached too.
+    pub tc: bool,
     pin: PathBuf,
     _link: FdLink,
+    /// The tcx ingress and egress links (pins, links).
+    tc_links: Vec<(PathBuf, FdLink)>,
 }
 
 /// The loaded programs and the interfaces they are attached to.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// The TC object (forward, redirect).
+    tc: Ebpf,
     /// The connection tracer, once loaded and attached.
     trace: Option<Ebpf>,
     cap: Capacity,
@@ -343,14 +368,37 @@ impl Dataplane {
         let tables = KernelTables::new(&mut ebpf, cap.max_rules)?;
         let ncpus = tables.ncpus();
         let limits = KernelLimitTables::new(&mut ebpf, cap.limit_sources, ncpus)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        loader.map_max_entries(sluice_abi::tc::CT, cap.max_flows);
+        let mut tc = loader.load(TC_OBJ)?;
+        for name in [sluice_abi::tc::INGRESS, sluice_abi::tc::EGRESS] {
+            let prog: &mut SchedClassifier = tc.program_mut(name).ok_or(DataplaneError::Missing(name))?.try_into()?;
+            prog.load()?;
+        }
         let dp = Dataplane {
             ebpf,
+            tc,
             trace: None,
             cap,
             pin_dir: pin_dir.to_path_buf(),
             attached: BTreeMap::new(),
         };
         Ok((dp, tables, limits))
+    }
+
+    /// Takes the forward and redirect maps out of the TC object; None if
+    /// already taken.
+    pub fn take_nat_tables(&mut self) -> Result<Option<NatTables>, DataplaneError> {
+        if self.tc.map(sluice_abi::tc::FORWARDS).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(NatTables::new(&mut self.tc)?))
+    }
+
+    /// A TC program (ingress or egress), for test_run.
+    pub fn tc_program(&mut self, name: &str) -> Option<&mut SchedClassifier> {
+        self.tc.program_mut(name)?.try_into().ok()
     }
 
     /// Takes the event maps (ring buffer, lost counters, event config,
@@ -455,15 +503,17 @@ impl Dataplane {
             return Ok(&self.attached[&ifindex]);
         }
         let pinned = self.pinned_links().into_iter().find(|(i, _, _)| *i == ifindex);
-        let att = match pinned {
+        let mut att = match pinned {
             Some((_, mode, pin)) => match self.adopt(&pin) {
                 Ok(link) => Attachment {
                     ifindex,
                     name: name.into(),
                     mode,
                     adopted: true,
+                    tc: false,
                     pin,
                     _link: link,
+                    tc_links: Vec::new(),
                 },
                 Err(e) => {
                     // A stale pin (interface recreated with the same index, or
@@ -475,8 +525,64 @@ impl Dataplane {
             },
             None => self.attach_new(ifindex, name)?,
         };
-        tracing::info!(ifindex, name, mode = ?att.mode, adopted = att.adopted, "XDP firewall attached");
+        match self.attach_tc(ifindex) {
+            Ok(links) => {
+                att.tc = true;
+                att.tc_links = links;
+            }
+            Err(e) => {
+                tracing::warn!(ifindex, name, error = %chain(&e), "TC programs not attached: forwards and redirects will not apply here")
+            }
+        }
+        tracing::info!(ifindex, name, mode = ?att.mode, adopted = att.adopted, tc = att.tc, "XDP firewall attached");
         Ok(self.attached.entry(ifindex).or_insert(att))
+    }
+
+    /// Attaches (or adopts the pinned links of) the TC programs: tcx
+    /// ingress and egress, each pinned like the XDP link.
+    fn attach_tc(&mut self, ifindex: u32) -> Result<Vec<(PathBuf, FdLink)>, DataplaneError> {
+        let mut out = Vec::new();
+        for (prog_name, ty, tag) in [
+            (sluice_abi::tc::INGRESS, TcAttachType::Ingress, "in"),
+            (sluice_abi::tc::EGRESS, TcAttachType::Egress, "out"),
+        ] {
+            let pin = self.links_dir().join(format!("tcx_{tag}_{ifindex}"));
+            let prog: &mut SchedClassifier = self
+                .tc
+                .program_mut(prog_name)
+                .ok_or(DataplaneError::Missing(prog_name))?
+                .try_into()?;
+            let adopted = match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    let link = aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(old))?;
+                    match prog.attach_to_link(link) {
+                        Ok(id) => Some(id),
+                        Err(e) => {
+                            tracing::warn!(ifindex, error = %e, "pinned tcx link unusable, attaching afresh");
+                            let _ = fs::remove_file(&pin);
+                            None
+                        }
+                    }
+                }
+                Err(_) => None,
+            };
+            let (id, fresh) = match adopted {
+                Some(id) => (id, false),
+                None => {
+                    let name = ifname(ifindex).ok_or(DataplaneError::Missing("interface"))?;
+                    let id = prog.attach_with_options(
+                        &name,
+                        ty,
+                        aya::programs::tc::TcAttachOptions::TcxOrder(aya::programs::LinkOrder::default()),
+                    )?;
+                    (id, true)
+                }
+            };
+            let link = FdLink::try_from(prog.take_link(id)?)?;
+            let link = if fresh { link.pin(&pin)?.into() } else { link };
+            out.push((pin, link));
+        }
+        Ok(out)
     }
 
     fn adopt(&mut self, pin: &Path) -> Result<FdLink, DataplaneError> {
@@ -511,8 +617,10 @@ impl Dataplane {
             name: name.into(),
             mode,
             adopted: false,
+            tc: false,
             pin,
             _link: link,
+            tc_links: Vec::new(),
         })
     }
 
@@ -520,8 +628,10 @@ impl Dataplane {
     /// attachment that was removed, if any.
     pub fn detach(&mut self, ifindex: u32) -> Option<Attachment> {
         let att = self.attached.remove(&ifindex)?;
-        if let Err(e) = fs::remove_file(&att.pin) {
-            tracing::warn!(pin = %att.pin.display(), error = %e, "unpinning link");
+        for pin in std::iter::once(&att.pin).chain(att.tc_links.iter().map(|(p, _)| p)) {
+            if let Err(e) = fs::remove_file(pin) {
+                tracing::warn!(pin = %pin.display(), error = %e, "unpinning link");
+            }
         }
         tracing::info!(ifindex, name = %att.name, "XDP firewall detached");
         Some(att)
@@ -534,6 +644,11 @@ impl Dataplane {
         for (ifindex, _, pin) in self.pinned_links() {
             if !self.attached.contains_key(&ifindex) && fs::remove_file(&pin).is_ok() {
                 gone.push(ifindex);
+            }
+        }
+        for (ifindex, pin) in tc_pins(&self.links_dir()) {
+            if !self.attached.contains_key(&ifindex) {
+                let _ = fs::remove_file(&pin);
             }
         }
         gone
@@ -560,6 +675,24 @@ fn chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+/// Pinned tcx links: (ifindex, path), ingress and egress.
+fn tc_pins(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let Ok(rd) = fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let idx = name
+            .strip_prefix("tcx_in_")
+            .or_else(|| name.strip_prefix("tcx_out_"))
+            .and_then(|i| i.parse().ok());
+        if let Some(idx) = idx {
+            out.push((idx, e.path()));
+        }
+    }
+    out.sort();
+    out
 }
 
 fn pinned_links(dir: &Path) -> Vec<(u32, AttachMode, PathBuf)> {
@@ -599,6 +732,19 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<String>, DataplaneError> {
         };
         removed.push(format!(
             "detached XDP firewall ({mode}) from {name} (ifindex {ifindex})"
+        ));
+    }
+    let mut tc: Vec<u32> = Vec::new();
+    for (ifindex, pin) in tc_pins(&pin_dir.join("links")) {
+        fs::remove_file(&pin).map_err(io_err(&pin))?;
+        if !tc.contains(&ifindex) {
+            tc.push(ifindex);
+        }
+    }
+    for ifindex in tc {
+        let name = ifname(ifindex).unwrap_or_else(|| "(gone)".into());
+        removed.push(format!(
+            "detached TC forward/redirect (tcx ingress+egress) from {name} (ifindex {ifindex})"
         ));
     }
     let links = pin_dir.join("links");

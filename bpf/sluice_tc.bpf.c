@@ -1,0 +1,348 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * sluice_tc: port forwarding / service DNAT and interface redirect, attached
+ * with tcx links to the ingress and egress of every managed interface.
+ *
+ * Forwarding. A packet is first looked up in sl_ct by its own tuple:
+ *   - a CT_DNAT entry (client -> service) rewrites the destination to the
+ *     flow's target;
+ *   - a CT_SNAT entry (target -> client) rewrites the source back to the
+ *     service, so the client only ever sees the address it dialled.
+ * Otherwise, on ingress only, a packet for a service in sl_fwd starts a flow:
+ * the target is chosen by a hash of the 5-tuple (so even a flow whose state
+ * was evicted lands on the same target while the rule is unchanged) and both
+ * entries are created. Egress runs only the lookup: it reverse-translates
+ * replies from targets on this host.
+ *
+ * Checksums are updated incrementally with bpf_l3/l4_csum_replace, which
+ * know CHECKSUM_PARTIAL skbs (only the pseudo-header part is adjusted) and,
+ * with BPF_F_MARK_MANGLED_0, leave a zero UDP checksum zero. Fragments,
+ * IPv6 routing headers and truncated L4 headers are never rewritten.
+ *
+ * Redirect. After translation, ingress looks the destination up in
+ * sl_redir4/6 and sends a hit straight to the rule's interface: into a
+ * veth's peer namespace with bpf_redirect_peer (MACs rewritten to what the
+ * peer expects), else out of the interface with bpf_redirect_neigh, which
+ * resolves the next hop itself. Either way the host's routing and its
+ * ip_forward setting are bypassed.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include "sluice_abi.h"
+#include "parse.h"
+
+/* tcx return codes (linux 6.6 UAPI; linux-libc-dev 6.1 lacks them). */
+#define TCX_NEXT -1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct fwd_key);
+	__type(value, struct fwd_rule);
+	__uint(max_entries, SLUICE_MAX_FORWARDS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_fwd SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, SLUICE_MAX_FORWARDS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_fwd_cnt SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_val);
+	__uint(max_entries, SLUICE_DEFAULT_MAX_FLOWS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct lpm_v4_key);
+	__type(value, struct redir_val);
+	__uint(max_entries, SLUICE_MAX_REDIRECTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_redir4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct lpm_v6_key);
+	__type(value, struct redir_val);
+	__uint(max_entries, SLUICE_MAX_REDIRECTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_redir6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, SLUICE_MAX_REDIRECTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_redir_cnt SEC(".maps");
+
+/* Source MAC last seen on each managed interface's ingress: for a host-side
+ * veth that is its peer's MAC, the destination MAC a peer redirect writes. */
+struct mac {
+	__u8 a[6];
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct mac);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_peer_mac SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct tc_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_tc_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, TCS_COUNT);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_tc_stats SEC(".maps");
+
+static __always_inline void count(void *map, __u32 idx, __u64 len)
+{
+	struct counter *c = bpf_map_lookup_elem(map, &idx);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+/* Flow hash of the client's tuple: deterministic, so a flow maps to the same
+ * target for as long as the rule's target list is unchanged. */
+static __always_inline __u32 flow_hash(const struct pkt *p)
+{
+	const __u32 *s = (const __u32 *)p->saddr;
+	__u32 h = s[0] ^ s[1] ^ s[2] ^ s[3];
+	h ^= ((__u32)p->sport << 16) | p->dport;
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	h *= 0x846ca68b;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Writes a new address and port into one end (dst if `dst`, else src) of the
+ * packet and fixes the L3 and L4 checksums. Returns 0 or a helper error. */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, int dst, const __u8 *addr, __be16 port)
+{
+	__u32 l4csum = p->l4off + (p->l4proto == IPPROTO_TCP ? 16 : 6);
+	/* UDP: a zero checksum means "none" and must stay zero. */
+	__u64 mm0 = p->l4proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	const __u8 *old = dst ? p->daddr : p->saddr;
+	__be16 oldport = dst ? p->dport : p->sport;
+	__u32 portoff = p->l4off + (dst ? 2 : 0);
+	int err;
+
+	if (p->family == 4) {
+		__u32 from, to;
+		__builtin_memcpy(&from, old, 4);
+		__builtin_memcpy(&to, addr, 4);
+		__u32 aoff = p->l3off + (dst ? 16 : 12);
+		err = bpf_l3_csum_replace(skb, p->l3off + 10, from, to, 4);
+		err = err ?: bpf_l4_csum_replace(skb, l4csum, from, to, BPF_F_PSEUDO_HDR | mm0 | 4);
+		err = err ?: bpf_skb_store_bytes(skb, aoff, &to, 4, 0);
+	} else {
+		__u8 to[16];
+		__builtin_memcpy(to, addr, 16);
+		/* A 16-byte change goes in as a precomputed difference (size 0). */
+		__s64 diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)to, 16, 0);
+		__u32 aoff = p->l3off + (dst ? 24 : 8);
+		err = bpf_l4_csum_replace(skb, l4csum, 0, diff, BPF_F_PSEUDO_HDR | mm0);
+		err = err ?: bpf_skb_store_bytes(skb, aoff, to, 16, 0);
+	}
+	if (err)
+		return err;
+	if (port != oldport) {
+		err = bpf_l4_csum_replace(skb, l4csum, oldport, port, mm0 | 2);
+		err = err ?: bpf_skb_store_bytes(skb, portoff, &port, 2, 0);
+	}
+	return err;
+}
+
+static __always_inline __u8 next_state(__u8 state, const struct pkt *p)
+{
+	if (p->l4proto != IPPROTO_TCP)
+		return CT_EST;
+	if (p->tcp_flags & 0x04) /* RST */
+		return CT_CLOSE;
+	if (p->tcp_flags & 0x01) /* FIN */
+		return state == CT_CLOSE ? CT_CLOSE : CT_FIN;
+	if (state == CT_NEW && (p->tcp_flags & TCP_FLAG_SYN))
+		return CT_NEW; /* SYN retransmit or SYN-ACK */
+	return state == CT_NEW ? CT_EST : state;
+}
+
+static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p)
+{
+	k->family = p->family;
+	k->proto = p->l4proto;
+	k->sport = p->sport;
+	k->dport = p->dport;
+	__builtin_memcpy(k->saddr, p->saddr, 16);
+	__builtin_memcpy(k->daddr, p->daddr, 16);
+}
+
+/* A new flow to a service: pick the target, record both directions. Returns
+ * the forward entry to apply, or NULL (no service, or state not stored). */
+static __always_inline struct ct_val *new_flow(const struct pkt *p, const struct ct_key *k, __u64 now)
+{
+	struct fwd_key fk = {.family = p->family, .proto = p->l4proto, .port = p->dport};
+	__builtin_memcpy(fk.addr, p->daddr, 16);
+	struct fwd_rule *r = bpf_map_lookup_elem(&sl_fwd, &fk);
+	if (!r || r->ntargets == 0)
+		return NULL;
+	/* Masking keeps the index provably inside t[] for the verifier. */
+	__u32 i = (flow_hash(p) % r->ntargets) & (SLUICE_MAX_FWD_TARGETS - 1);
+	struct fwd_target *t = &r->t[i];
+
+	struct ct_val fwd = {.port = t->port, .dir = CT_DNAT, .state = CT_NEW, .slot = r->slot, .last_ns = now};
+	__builtin_memcpy(fwd.addr, t->addr, 16);
+	/* The reply comes from the target to the client. */
+	struct ct_key rk = {.family = p->family, .proto = p->l4proto, .sport = t->port, .dport = p->sport};
+	__builtin_memcpy(rk.saddr, t->addr, 16);
+	__builtin_memcpy(rk.daddr, p->saddr, 16);
+	struct ct_val rev = {.port = p->dport, .dir = CT_SNAT, .state = CT_NEW, .slot = r->slot, .last_ns = now};
+	__builtin_memcpy(rev.addr, p->daddr, 16);
+
+	if (bpf_map_update_elem(&sl_ct, &rk, &rev, BPF_ANY) || bpf_map_update_elem(&sl_ct, k, &fwd, BPF_ANY))
+		return NULL;
+	count(&sl_tc_stats, TCS_NEW_FLOW, 0);
+	return bpf_map_lookup_elem(&sl_ct, k);
+}
+
+static __always_inline void nat(struct __sk_buff *skb, struct pkt *p, int ingress, const struct tc_config *cfg)
+{
+	if (p->l4proto != IPPROTO_TCP && p->l4proto != IPPROTO_UDP)
+		return;
+	if (!(p->flags & PKT_F_L4) || (p->flags & (PKT_F_FRAG | PKT_F_RTHDR))) {
+		/* Never guess: no ports here (or the pseudo-header is not ours). */
+		return;
+	}
+	struct ct_key k = {};
+	ct_key_of(&k, p);
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_val *v = bpf_map_lookup_elem(&sl_ct, &k);
+	if (!v) {
+		if (!ingress || !cfg->nforwards)
+			return;
+		v = new_flow(p, &k, now);
+		if (!v)
+			return;
+	}
+	v->last_ns = now;
+	__u8 st = next_state(v->state, p);
+	if (st != v->state)
+		v->state = st;
+	int dst = v->dir == CT_DNAT;
+	__u8 addr[16];
+	__builtin_memcpy(addr, v->addr, 16);
+	__be16 port = v->port;
+	count(&sl_fwd_cnt, v->slot, skb->len);
+	if (rewrite(skb, p, dst, addr, port)) {
+		count(&sl_tc_stats, TCS_ERROR, skb->len);
+		return;
+	}
+	count(&sl_tc_stats, dst ? TCS_DNAT : TCS_SNAT, skb->len);
+	/* The redirect stage looks up the new destination. */
+	if (dst)
+		__builtin_memcpy(p->daddr, addr, 16);
+}
+
+static __always_inline int redirect(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct redir_val *r;
+	if (p->family == 4) {
+		struct lpm_v4_key k = {.prefixlen = 32};
+		__builtin_memcpy(k.addr, p->daddr, 4);
+		r = bpf_map_lookup_elem(&sl_redir4, &k);
+	} else {
+		struct lpm_v6_key k = {.prefixlen = 128};
+		__builtin_memcpy(k.addr, p->daddr, 16);
+		r = bpf_map_lookup_elem(&sl_redir6, &k);
+	}
+	if (!r || r->ifindex == skb->ifindex)
+		return TCX_NEXT;
+	count(&sl_redir_cnt, r->slot, skb->len);
+	count(&sl_tc_stats, TCS_REDIRECT, skb->len);
+	if (r->flags & REDIR_F_PEER) {
+		/* Source: the host-side veth; destination: its peer, if seen. */
+		__u32 ifindex = r->ifindex;
+		struct mac *peer = bpf_map_lookup_elem(&sl_peer_mac, &ifindex);
+		if (peer)
+			bpf_skb_store_bytes(skb, 0, peer->a, 6, 0);
+		bpf_skb_store_bytes(skb, 6, r->smac, 6, 0);
+		return bpf_redirect_peer(ifindex, 0);
+	}
+	return bpf_redirect_neigh(r->ifindex, NULL, 0, 0);
+}
+
+/* Remembers the source MAC seen on this interface (its veth peer's). */
+static __always_inline void learn_peer(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	if (data + 12 > end)
+		return;
+	__u32 ifindex = skb->ifindex;
+	struct mac n = {};
+	__builtin_memcpy(n.a, data + 6, 6);
+	struct mac *m = bpf_map_lookup_elem(&sl_peer_mac, &ifindex);
+	/* Compare as integers: __builtin_memcmp becomes a libcall in BPF. */
+	if (m && *(__u64 *)m == *(__u64 *)&n)
+		return;
+	bpf_map_update_elem(&sl_peer_mac, &ifindex, &n, BPF_ANY);
+}
+
+static __always_inline int handle(struct __sk_buff *skb, int ingress)
+{
+	__u32 zero = 0;
+	struct tc_config *cfg = bpf_map_lookup_elem(&sl_tc_cfg, &zero);
+	if (!cfg || (!cfg->nforwards && !cfg->nredirects))
+		return TCX_NEXT;
+	/* Headers may sit in paged data (GRO/GSO skbs): pull what we parse. */
+	__u32 want = skb->len < 256 ? skb->len : 256;
+	if ((void *)(long)skb->data + want > (void *)(long)skb->data_end)
+		bpf_skb_pull_data(skb, want);
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct pkt p = {};
+	if (parse_pkt(data, end, &p) != PARSE_OK)
+		return TCX_NEXT;
+	if (ingress && cfg->nredirects)
+		learn_peer(skb);
+	nat(skb, &p, ingress, cfg);
+	if (!ingress || !cfg->nredirects)
+		return TCX_NEXT;
+	return redirect(skb, &p);
+}
+
+SEC("classifier")
+int sluice_tc_in(struct __sk_buff *skb)
+{
+	return handle(skb, 1);
+}
+
+SEC("classifier")
+int sluice_tc_out(struct __sk_buff *skb)
+{
+	return handle(skb, 0);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
