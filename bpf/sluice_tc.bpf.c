@@ -235,6 +235,7 @@ static __always_inline void nat(struct __sk_buff *skb, struct pkt *p, int ingres
 		return;
 	if (!(p->flags & PKT_F_L4) || (p->flags & (PKT_F_FRAG | PKT_F_RTHDR))) {
 		/* Never guess: no ports here (or the pseudo-header is not ours). */
+		count(&sl_tc_stats, TCS_SKIPPED, skb->len);
 		return;
 	}
 	struct ct_key k = {};

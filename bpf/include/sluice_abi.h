@@ -361,8 +361,8 @@ enum tc_stat_idx {
 	TCS_SNAT = 1,      /* replies translated back */
 	TCS_NEW_FLOW = 2,  /* flows created */
 	TCS_REDIRECT = 3,  /* packets redirected */
-	TCS_SKIPPED = 4,   /* matched a service but not translatable (fragment,
-			    * routing header, truncated L4) */
+	TCS_SKIPPED = 4,   /* TCP/UDP but not translatable: fragment, IPv6
+			    * routing header or truncated L4 header */
 	TCS_ERROR = 5,     /* a helper failed; packet passed unchanged */
 	TCS_COUNT = 6,
 };

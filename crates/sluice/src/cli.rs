@@ -343,10 +343,15 @@ async fn status(c: &ClientOpts) -> Result<()> {
     for i in &s.interfaces {
         let mode = serde_json::to_value(i.mode)?.as_str().unwrap_or("?").to_string();
         println!(
-            "  {:<16} ifindex {:<6} xdp {}{}",
+            "  {:<16} ifindex {:<6} xdp {}{}{}",
             i.name,
             i.ifindex,
             mode,
+            if i.tc {
+                ", tcx ingress+egress"
+            } else {
+                ", no tc (forwards/redirects do not apply)"
+            },
             if i.adopted { " (adopted)" } else { "" }
         );
     }
@@ -362,6 +367,23 @@ async fn status(c: &ClientOpts) -> Result<()> {
     println!(
         "\nrules: {} deny, {} allow (max {})",
         s.rules.deny, s.rules.allow, s.rules.max_rules
+    );
+    let fw = &s.forwarding;
+    let tc_n = |k: &str| fw.tc.get(k).map_or(0, |c| c.packets);
+    println!(
+        "forwarding: {} forwards ({} live flows), {} redirects{}; translated {} out / {} back, redirected {}, errors {}",
+        fw.forwards,
+        fw.flows,
+        fw.redirects,
+        if fw.inactive_redirects > 0 {
+            format!(" ({} inactive: interface missing)", fw.inactive_redirects)
+        } else {
+            String::new()
+        },
+        tc_n("dnat"),
+        tc_n("snat"),
+        tc_n("redirected"),
+        tc_n("errors")
     );
     let ev = &s.events;
     println!(

@@ -21,8 +21,24 @@ fn listener() -> (TcpListener, u16) {
     (l, port)
 }
 
-fn link_pins(pin_dir: &Path) -> usize {
-    std::fs::read_dir(pin_dir.join("links")).map(|d| d.count()).unwrap_or(0)
+/// Pinned links: XDP ones, then tcx ones (ingress and egress).
+fn link_pins(pin_dir: &Path) -> (usize, usize) {
+    let names: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        names.iter().filter(|n| n.starts_with("xdp_")).count(),
+        names.iter().filter(|n| n.starts_with("tcx_")).count(),
+    )
+}
+
+/// Programs attached to an interface's tcx hook (ours and anyone's).
+fn tcx_progs(iface: &str, ty: aya::programs::TcAttachType) -> usize {
+    aya::programs::SchedClassifier::query_tcx(iface, ty).unwrap().1.len()
 }
 
 fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -110,7 +126,7 @@ fn kill9_keeps_enforcing_and_a_restart_adopts_without_duplicates() {
         "enforcement continues with the daemon dead"
     );
     assert!(ping(b, &b.host_v4.to_string()));
-    assert_eq!(link_pins(&d.pins.0), 2);
+    assert_eq!(link_pins(&d.pins.0), (2, 4));
 
     d.spawn();
     let rules = d.json(&["deny", "list"]);
@@ -124,7 +140,15 @@ fn kill9_keeps_enforcing_and_a_restart_adopts_without_duplicates() {
         ifs.iter().all(|i| i["adopted"] == true),
         "links adopted, not re-created: {st}"
     );
-    assert_eq!(link_pins(&d.pins.0), 2, "no duplicate attachment");
+    assert_eq!(link_pins(&d.pins.0), (2, 4), "no duplicate attachment");
+    for h in [a, b] {
+        for ty in [
+            aya::programs::TcAttachType::Ingress,
+            aya::programs::TcAttachType::Egress,
+        ] {
+            assert_eq!(tcx_progs(&h.host_if, ty), 1, "one TC program per hook on {}", h.host_if);
+        }
+    }
     assert!(!ping(a, &a.host_v4.to_string()), "still enforced after restart");
 
     // A second daemon on the same state is refused; so is one with another
@@ -216,7 +240,7 @@ fn interfaces_created_later_are_covered_within_a_second_and_forgotten_when_gone(
     wait_for("vanished veths forgotten", Duration::from_secs(1), || {
         d.json(&["status"])["interfaces"].as_array().unwrap().is_empty()
     });
-    assert_eq!(link_pins(&d.pins.0), 0, "pins of vanished interfaces removed");
+    assert_eq!(link_pins(&d.pins.0), (0, 0), "pins of vanished interfaces removed");
 }
 
 #[test]

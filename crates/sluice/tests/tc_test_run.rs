@@ -271,6 +271,10 @@ fn fragments_routing_headers_and_other_traffic_pass_untouched() {
     }
     let stats = f.nat.stats().unwrap();
     assert_eq!(stats["new_flows"].packets, 0, "{stats:?}");
+    assert_eq!(
+        stats["skipped"].packets, 3,
+        "two fragments and a routing header: {stats:?}"
+    );
 }
 
 #[test]

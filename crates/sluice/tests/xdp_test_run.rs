@@ -530,6 +530,7 @@ fn ring_overflow_is_counted_exactly_when_the_consumer_is_slow() {
         max_rules: 16,
         limit_sources: 16,
         ring_bytes: 4096,
+        ..Default::default()
     };
     let (mut dp, _t, _l) = Dataplane::load(&pins.0, cap).unwrap();
     let mut ev = dp.take_event_maps().unwrap().unwrap();

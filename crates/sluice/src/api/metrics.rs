@@ -108,6 +108,49 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             lim_dropped.get_or_create(&lb).inc_by(st.dropped);
         }
 
+        // Forwards and redirects: per rule, plus the TC program's totals.
+        let fwd_packets = Family::<Labels, Counter>::default();
+        let fwd_flows = Family::<Labels, Gauge>::default();
+        let redir_packets = Family::<Labels, Counter>::default();
+        let tc_stats = Family::<Labels, Counter>::default();
+        reg.register(
+            "forward_packets",
+            "Packets translated by a forward rule (both directions)",
+            fwd_packets.clone(),
+        );
+        reg.register("forward_flows", "Live flows of a forward rule", fwd_flows.clone());
+        reg.register(
+            "redirect_packets",
+            "Packets sent on by a redirect rule",
+            redir_packets.clone(),
+        );
+        reg.register(
+            "tc_packets",
+            "TC program outcomes: dnat, snat, new_flows, redirected, errors",
+            tc_stats.clone(),
+        );
+        {
+            let n = s.nat.lock().unwrap();
+            let flows = n.flow_counts();
+            for f in n.forwards() {
+                let lb = l(&[("rule", &f.id.to_string())]);
+                let c = n.forward_counter(f.slot).map_err(|e| err(e.to_string()))?;
+                fwd_packets.get_or_create(&lb).inc_by(c.packets);
+                fwd_flows
+                    .get_or_create(&lb)
+                    .set(flows.get(&f.slot).copied().unwrap_or(0) as i64);
+            }
+            for r in n.redirects() {
+                let c = n.redirect_counter(r.slot).map_err(|e| err(e.to_string()))?;
+                redir_packets
+                    .get_or_create(&l(&[("rule", &r.id.to_string())]))
+                    .inc_by(c.packets);
+            }
+            for (name, c) in n.stats().map_err(|e| err(e.to_string()))? {
+                tc_stats.get_or_create(&l(&[("outcome", name)])).inc_by(c.packets);
+            }
+        }
+
         let conns = Family::<Labels, Counter>::default();
         reg.register("connections", "TCP connections seen, by event", conns.clone());
         conns

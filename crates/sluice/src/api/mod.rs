@@ -238,6 +238,30 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+fn forward_summary(s: &Ctl) -> ApiResult<ForwardSummary> {
+    let n = s.nat.lock().unwrap();
+    let tc = n
+        .stats()?
+        .into_iter()
+        .map(|(k, c)| {
+            (
+                k.to_string(),
+                CounterView {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                },
+            )
+        })
+        .collect();
+    Ok(ForwardSummary {
+        forwards: n.forwards().count(),
+        redirects: n.redirects().count(),
+        inactive_redirects: n.redirects().filter(|r| r.target.is_none()).count(),
+        flows: n.flow_counts().values().sum(),
+        tc,
+    })
+}
+
 fn event_summary(s: &Ctl) -> ApiResult<EventSummary> {
     use std::sync::atomic::Ordering::Relaxed;
     let lost_kernel = match &s.events {
@@ -532,13 +556,21 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
                         ifindex: a.ifindex,
                         mode: a.mode,
                         adopted: a.adopted,
+                        tc: a.tc,
                     })
                     .collect();
-                let progs = vec![ProgramView {
+                let mut progs = vec![ProgramView {
                     name: sluice_abi::xdp::PROGRAM.into(),
                     kind: "xdp".into(),
                     id: dp.program_id(),
                 }];
+                for (name, id) in dp.tc_program_ids() {
+                    progs.push(ProgramView {
+                        name: name.into(),
+                        kind: "tc".into(),
+                        id,
+                    });
+                }
                 (ifs, progs)
             }
             None => (Vec::new(), Vec::new()),
@@ -555,6 +587,7 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
             programs,
             rules: counts,
             limits,
+            forwarding: forward_summary(&s)?,
             events: event_summary(&s)?,
             verdicts,
             notes,

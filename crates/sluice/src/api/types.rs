@@ -152,6 +152,9 @@ pub struct IfaceView {
     pub mode: AttachMode,
     /// Adopted from a previous daemon's pinned link.
     pub adopted: bool,
+    /// The TC forward/redirect programs are attached too (tcx).
+    #[serde(default)]
+    pub tc: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -189,12 +192,27 @@ pub struct Status {
     pub programs: Vec<ProgramView>,
     pub rules: RuleCounts,
     pub limits: LimitSummary,
+    #[serde(default)]
+    pub forwarding: ForwardSummary,
     pub events: EventSummary,
     /// Packets by verdict: pass, allow, deny, limit, unparsed, non_ip. Each packet
     /// is counted once here.
     pub verdicts: BTreeMap<String, CounterView>,
     /// Extra notes: fragment, l4_unparsed (also counted in a verdict).
     pub notes: BTreeMap<String, CounterView>,
+}
+
+/// Forward and redirect totals in `status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForwardSummary {
+    pub forwards: usize,
+    pub redirects: usize,
+    /// Redirects whose interface does not exist right now.
+    pub inactive_redirects: usize,
+    /// Live flows over all forwards.
+    pub flows: u64,
+    /// TC program outcomes: dnat, snat, new_flows, redirected, skipped, errors.
+    pub tc: BTreeMap<String, CounterView>,
 }
 
 /// Event pipeline counters in `status`.

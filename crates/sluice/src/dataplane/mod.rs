@@ -477,6 +477,22 @@ impl Dataplane {
             .expect("an XDP program")
     }
 
+    /// Kernel ids of the loaded TC programs (ingress, egress).
+    pub fn tc_program_ids(&self) -> Vec<(&'static str, Option<u32>)> {
+        [sluice_abi::tc::INGRESS, sluice_abi::tc::EGRESS]
+            .into_iter()
+            .map(|name| {
+                let id = self
+                    .tc
+                    .program(name)
+                    .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+                    .and_then(|p| p.info().ok())
+                    .map(|i| i.id());
+                (name, id)
+            })
+            .collect()
+    }
+
     /// Kernel id of the loaded XDP program.
     pub fn program_id(&self) -> Option<u32> {
         let p: &Xdp = self.ebpf.program(names::PROGRAM)?.try_into().ok()?;
