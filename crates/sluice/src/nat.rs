@@ -666,9 +666,13 @@ impl Nat {
     /// Removes expired translation state and state of deleted rules.
     /// Returns how many entries went.
     pub fn gc(&mut self) -> Result<usize, NatError> {
+        self.gc_at(crate::limits::monotonic_ns())
+    }
+
+    /// [`Nat::gc`] as if the monotonic clock read `now` (ns): tests.
+    pub fn gc_at(&mut self, now: u64) -> Result<usize, NatError> {
         let live_slots: HashSet<u32> = self.forwards.values().map(|f| f.slot).collect();
         let Some(t) = self.tables.as_mut() else { return Ok(0) };
-        let now = crate::limits::monotonic_ns();
         let mut n = 0;
         for (k, v) in t.flows() {
             if !is_live(&v, k.proto, now) || !live_slots.contains(&v.slot) {

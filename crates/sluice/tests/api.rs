@@ -218,3 +218,101 @@ async fn status_reports_rule_counts() {
         assert!(v["verdicts"].get(k).is_some(), "verdict {k} missing: {v}");
     }
 }
+
+#[tokio::test]
+async fn forwards_and_redirects_round_trip_and_refuse_bad_input() {
+    let app = router(16);
+    let (s, f) = post(
+        &app,
+        "/v1/forwards",
+        json!({"match": "198.18.250.1:80/udp", "to": ["198.18.2.2:5353", "198.18.3.2:5353"], "comment": "dns"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{f}");
+    assert_eq!(f["proto"], "udp");
+    assert_eq!(f["match"], "198.18.250.1:80");
+    assert_eq!(f["to"], json!(["198.18.2.2:5353", "198.18.3.2:5353"]));
+    let bad = [
+        (
+            json!({"match": "198.18.250.2:0", "to": ["198.18.2.2:80"]}),
+            400,
+            "out of range",
+        ),
+        (
+            json!({"match": "198.18.250.2:80", "to": ["198.18.2.2:70000"]}),
+            400,
+            "out of range",
+        ),
+        (
+            json!({"match": "198.18.250.2:80", "to": []}),
+            400,
+            "at least one target",
+        ),
+        (
+            json!({"match": "198.18.250.2:80", "to": ["[2001:2::2]:80"]}),
+            400,
+            "address families",
+        ),
+        (
+            json!({"match": "198.18.250.2:80", "to": ["198.18.250.2:80"]}),
+            400,
+            "loop",
+        ),
+        (
+            json!({"match": "198.18.250.1:80/udp", "to": ["198.18.9.9:80"]}),
+            409,
+            "already exists",
+        ),
+        (json!({"match": "198.18.250.2:80", "to": "198.18.2.2:80"}), 422, ""),
+        (
+            json!({"match": "198.18.250.2:80", "to": ["x"], "extra": 1}),
+            422,
+            "unknown field",
+        ),
+        (
+            json!({"match": "x".repeat(5000), "to": ["198.18.2.2:80"]}),
+            400,
+            "not IP:PORT",
+        ),
+    ];
+    for (body, code, needle) in bad {
+        let (s, v) = post(&app, "/v1/forwards", body.clone()).await;
+        assert_eq!(s.as_u16(), code, "{body}: {v}");
+        assert!(error_of(&v).contains(needle), "{body}: {v}");
+    }
+    assert_eq!(count(&app, "/v1/forwards").await, 1, "bad input changed nothing");
+    let (s, _) = call(&app, "DELETE", "/v1/forwards/99", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(&app, "DELETE", "/v1/forwards/abc", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call(&app, "DELETE", &format!("/v1/forwards/{}", f["id"]), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(count(&app, "/v1/forwards").await, 0);
+
+    // Redirects: the interface must exist; lo is not a veth.
+    let (s, r) = post(&app, "/v1/redirects", json!({"cidr": "198.18.7.0/24", "iface": "lo"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!(r["mode"], "egress");
+    for (body, code, needle) in [
+        (
+            json!({"cidr": "198.18.8.0/24", "iface": "nope0"}),
+            400,
+            "does not exist",
+        ),
+        (
+            json!({"cidr": "198.18.8.0/24", "iface": "../../etc"}),
+            400,
+            "not a valid interface name",
+        ),
+        (json!({"cidr": "198.18.8.1/24", "iface": "lo"}), 400, "host bits"),
+        (json!({"cidr": "198.18.7.0/24", "iface": "lo"}), 409, "already exists"),
+    ] {
+        let (s, v) = post(&app, "/v1/redirects", body.clone()).await;
+        assert_eq!(s.as_u16(), code, "{body}: {v}");
+        assert!(error_of(&v).contains(needle), "{body}: {v}");
+    }
+    assert_eq!(count(&app, "/v1/redirects").await, 1);
+    let (s, st) = call(&app, "GET", "/v1/status", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(st["forwarding"]["redirects"], 1, "{st}");
+}

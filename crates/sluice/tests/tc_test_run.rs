@@ -391,3 +391,38 @@ fn object_names_match_the_abi_mirror() {
     progs.sort();
     assert_eq!(progs, vec![tc::INGRESS, tc::EGRESS]);
 }
+
+#[test]
+fn translation_state_expires_by_tcp_state() {
+    let mut f = Fixture::new(&[("198.18.9.9:80", &["198.18.2.2:80"])]);
+    let tcp = |sport: u16, flags: u8| {
+        Packet::new(
+            ip("198.18.1.2"),
+            ip("198.18.9.9"),
+            L4::Tcp {
+                sport,
+                dport: 80,
+                flags,
+            },
+        )
+        .build()
+    };
+    // Flow 1 is established (SYN, then ACK); flow 2 is reset (SYN, RST).
+    f.run(&tcp(41000, 0x02), true);
+    f.run(&tcp(41000, 0x10), true);
+    f.run(&tcp(41001, 0x02), true);
+    f.run(&tcp(41001, 0x04), true);
+    let slot = f.nat.forwards().next().unwrap().slot;
+    assert_eq!(f.nat.flow_counts().get(&slot), Some(&2));
+    let now = sluice::limits::monotonic_ns();
+    assert_eq!(f.nat.gc_at(now).unwrap(), 0, "nothing is old yet");
+    // 11 s later: the reset flow's direction (10 s) is gone; the established
+    // one (2 h) and both half-open reply directions (60 s) stay.
+    assert_eq!(f.nat.gc_at(now + 11_000_000_000).unwrap(), 1);
+    assert_eq!(f.nat.flow_counts().get(&slot), Some(&1));
+    // 61 s: the reply directions that never saw a packet go too.
+    assert_eq!(f.nat.gc_at(now + 61_000_000_000).unwrap(), 2);
+    // 2 h + 1 s: everything.
+    assert_eq!(f.nat.gc_at(now + 7_201_000_000_000).unwrap(), 1);
+    assert_eq!(f.nat.flow_counts().get(&slot), None);
+}
