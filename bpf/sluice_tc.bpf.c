@@ -25,12 +25,20 @@
  * peer expects), else out of the interface with bpf_redirect_neigh, which
  * resolves the next hop itself. Either way the host's routing and its
  * ip_forward setting are bypassed.
+ *
+ * L7 capture. Before any translation, TCP packets with payload to or from a
+ * configured port (sl_l7_ports), or of a connection recognised by its first
+ * bytes (sl_l7_flows), are copied, up to l7_cap bytes, into the event ring
+ * for the daemon's HTTP/Redis/MySQL parsers. Ingress sees every packet that
+ * enters the host from a managed interface; egress adds only packets the
+ * host itself sent (a forwarded packet was already seen at its ingress).
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include "sluice_abi.h"
 #include "parse.h"
+#include "events.h"
 
 /* tcx return codes (linux 6.6 UAPI; linux-libc-dev 6.1 lacks them). */
 #define TCX_NEXT -1
@@ -115,6 +123,30 @@ struct {
 	__uint(max_entries, TCS_COUNT);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_tc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u16);
+	__type(value, __u8);
+	__uint(max_entries, SLUICE_L7_PORTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_l7_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct l7_flow);
+	__uint(max_entries, SLUICE_L7_FLOWS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_l7_flows SEC(".maps");
+
+/* Scratch space for one event: too big for the 512-byte stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ev_l7);
+	__uint(max_entries, 1);
+} sl_l7_buf SEC(".maps");
 
 static __always_inline void count(void *map, __u32 idx, __u64 len)
 {
@@ -296,6 +328,118 @@ static __always_inline int redirect(struct __sk_buff *skb, const struct pkt *p)
 	return bpf_redirect_neigh(r->ifindex, NULL, 0, 0);
 }
 
+/* The protocol a connection's first payload bytes announce, and which way
+ * they go: HTTP methods and status lines, a RESP array, a MySQL server
+ * greeting (3-byte length, sequence 0, protocol version 10). */
+static __always_inline int l7_detect(const __u8 *b, __u32 len, __u8 *dir)
+{
+	if (len < 5)
+		return 0;
+	__u32 w = b[0] | b[1] << 8 | b[2] << 16 | (__u32)b[3] << 24;
+#define W(a, b_, c, d) ((__u32)(a) | (b_) << 8 | (c) << 16 | (__u32)(d) << 24)
+	*dir = L7_TO_SERVER;
+	if (w == W('G', 'E', 'T', ' ') || w == W('P', 'O', 'S', 'T') || w == W('P', 'U', 'T', ' ') ||
+	    w == W('H', 'E', 'A', 'D') || w == W('D', 'E', 'L', 'E') || w == W('P', 'A', 'T', 'C') ||
+	    w == W('O', 'P', 'T', 'I'))
+		return L7_HTTP;
+	if (b[0] == '*' && b[1] >= '1' && b[1] <= '9')
+		return L7_REDIS;
+	*dir = L7_TO_CLIENT;
+	if (w == W('H', 'T', 'T', 'P'))
+		return L7_HTTP;
+	if (b[3] == 0 && b[4] == 10 && (b[0] | b[1] << 8 | b[2] << 16) + 4 == len)
+		return L7_MYSQL;
+#undef W
+	return 0;
+}
+
+static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *p, int ingress,
+				       const struct tc_config *cfg)
+{
+	if (p->l4proto != IPPROTO_TCP || !(p->flags & PKT_F_L4) || (p->flags & PKT_F_FRAG))
+		return;
+	if (!ingress && skb->ingress_ifindex)
+		return; /* forwarded through the host: captured where it came in */
+	/* Payload bounds from the IP length, not skb->len (padding). */
+	__u8 doff;
+	__be16 iplen;
+	if (bpf_skb_load_bytes(skb, p->l4off + 12, &doff, 1) ||
+	    bpf_skb_load_bytes(skb, p->l3off + (p->family == 4 ? 2 : 4), &iplen, 2))
+		return;
+	__u32 end = p->l3off + bpf_ntohs(iplen) + (p->family == 4 ? 0 : 40);
+	__u32 off = p->l4off + (doff >> 4) * 4;
+	if (end > skb->len)
+		end = skb->len;
+	if (end <= off)
+		return; /* no payload: nothing to parse */
+	__u32 plen = end - off;
+
+	__u32 zero = 0;
+	struct ev_l7 *ev = bpf_map_lookup_elem(&sl_l7_buf, &zero);
+	if (!ev)
+		return;
+	__u32 n = plen < cfg->l7_cap ? plen : cfg->l7_cap;
+	/* The verifier needs n in [1, SLUICE_L7_CAP] for the copy below. */
+	if (n == 0 || n > SLUICE_L7_CAP)
+		return;
+	if (bpf_skb_load_bytes(skb, off, ev->data, n))
+		return;
+
+	__u16 dp = bpf_ntohs(p->dport), sp = bpf_ntohs(p->sport);
+	__u8 proto = 0, dir = 0;
+	__u8 *pr = bpf_map_lookup_elem(&sl_l7_ports, &dp);
+	if (pr) {
+		proto = *pr;
+		dir = L7_TO_SERVER;
+	} else if ((pr = bpf_map_lookup_elem(&sl_l7_ports, &sp))) {
+		proto = *pr;
+		dir = L7_TO_CLIENT;
+	} else if (cfg->l7_detect) {
+		struct ct_key k = {};
+		ct_key_of(&k, p);
+		struct l7_flow *f = bpf_map_lookup_elem(&sl_l7_flows, &k);
+		if (f) {
+			proto = f->proto;
+			dir = f->dir;
+		} else {
+			proto = l7_detect(ev->data, n, &dir);
+			if (!proto)
+				return;
+			struct l7_flow fl = {.proto = proto, .dir = dir};
+			bpf_map_update_elem(&sl_l7_flows, &k, &fl, BPF_ANY);
+			struct ct_key r = {.family = p->family, .proto = p->l4proto, .sport = p->dport, .dport = p->sport};
+			__builtin_memcpy(r.saddr, p->daddr, 16);
+			__builtin_memcpy(r.daddr, p->saddr, 16);
+			fl.dir = dir == L7_TO_SERVER ? L7_TO_CLIENT : L7_TO_SERVER;
+			bpf_map_update_elem(&sl_l7_flows, &r, &fl, BPF_ANY);
+		}
+	}
+	if (!proto)
+		return;
+
+	__be32 seq;
+	if (bpf_skb_load_bytes(skb, p->l4off + 4, &seq, 4))
+		return;
+	ev->h.kind = EV_L7;
+	ev->h.size = SLUICE_EV_L7_HDR + n;
+	ev->h.cpu = bpf_get_smp_processor_id();
+	ev->h.ts_ns = bpf_ktime_get_ns();
+	ev->ifindex = skb->ifindex;
+	ev->seq = bpf_ntohl(seq);
+	ev->sport = sp;
+	ev->dport = dp;
+	ev->family = p->family;
+	ev->proto = proto;
+	ev->dir = dir;
+	ev->tcp_flags = p->tcp_flags;
+	ev->payload_len = plen;
+	ev->cap_len = n;
+	__builtin_memcpy(ev->saddr, p->saddr, 16);
+	__builtin_memcpy(ev->daddr, p->daddr, 16);
+	if (bpf_ringbuf_output(&sl_events, ev, SLUICE_EV_L7_HDR + n, 0))
+		ev_lost(EVL_L7);
+}
+
 /* Remembers the source MAC seen on this interface (its veth peer's). */
 static __always_inline void learn_peer(struct __sk_buff *skb)
 {
@@ -316,7 +460,7 @@ static __always_inline int handle(struct __sk_buff *skb, int ingress)
 {
 	__u32 zero = 0;
 	struct tc_config *cfg = bpf_map_lookup_elem(&sl_tc_cfg, &zero);
-	if (!cfg || (!cfg->nforwards && !cfg->nredirects))
+	if (!cfg || (!cfg->nforwards && !cfg->nredirects && !cfg->l7_cap))
 		return TCX_NEXT;
 	/* Headers may sit in paged data (GRO/GSO skbs): pull what we parse. */
 	__u32 want = skb->len < 256 ? skb->len : 256;
@@ -328,6 +472,8 @@ static __always_inline int handle(struct __sk_buff *skb, int ingress)
 		return TCX_NEXT;
 	if (ingress && cfg->nredirects)
 		learn_peer(skb);
+	if (cfg->l7_cap)
+		l7_capture(skb, &p, ingress, cfg);
 	nat(skb, &p, ingress, cfg);
 	if (!ingress || !cfg->nredirects)
 		return TCX_NEXT;

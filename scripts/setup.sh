@@ -12,7 +12,7 @@ fi
 # Build: clang + libbpf headers + kernel UAPI headers. Run/test: iproute2,
 # ping, nsenter (util-linux). Later dataplane work and benchmarks: the rest.
 pkgs=(clang llvm libbpf-dev linux-libc-dev iproute2 iputils-ping util-linux
-      bpftool ethtool nftables iperf3 tcpdump redis-server mariadb-server)
+      bpftool ethtool nftables iperf3 tcpdump redis-server mariadb-server curl wrk)
 
 missing=()
 for p in "${pkgs[@]}"; do

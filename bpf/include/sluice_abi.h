@@ -20,7 +20,7 @@
 #define SLUICE_SPIN_LOCK __u32
 #endif
 
-#define SLUICE_ABI_VERSION 3
+#define SLUICE_ABI_VERSION 4
 
 /* Default capacity of each firewall table and of the rule counter array.
  * The daemon overrides it from its config (max_rules) at load time. */
@@ -171,6 +171,7 @@ enum ev_kind {
 	EV_CONN = 1,   /* struct ev_conn */
 	EV_PACKET = 2, /* struct ev_packet: a sampled packet */
 	EV_DROP = 3,   /* struct ev_packet: a dropped packet */
+	EV_L7 = 4,     /* struct ev_l7: TCP payload bytes for L7 parsing */
 };
 
 /* Indexes of sl_ev_lost (per-CPU u64): events the kernel could not deliver. */
@@ -179,7 +180,8 @@ enum ev_lost_idx {
 	EVL_PACKET = 1,     /* ring buffer full */
 	EVL_DROP = 2,       /* ring buffer full */
 	EVL_DROP_LIMIT = 3, /* over drop_events_per_sec: not even tried */
-	EVL_COUNT = 4,
+	EVL_L7 = 4,         /* ring buffer full */
+	EVL_COUNT = 5,
 };
 
 struct ev_hdr {
@@ -352,8 +354,58 @@ struct tc_config {
 	__u32 abi_version;
 	__u32 nforwards;
 	__u32 nredirects;
+	__u32 l7_cap;    /* payload bytes captured per packet; 0 = L7 off */
+	__u32 l7_detect; /* 1: also look for the protocols on other ports */
 	__u32 _pad;
 };
+
+/* ---- L7 capture (sluice_tc.bpf.c) ---- */
+
+/* Most TCP payload bytes one ev_l7 carries (config: l7_capture_bytes). */
+#define SLUICE_L7_CAP 1024
+#define SLUICE_L7_PORTS 64
+#define SLUICE_L7_FLOWS 65536
+
+enum l7_proto {
+	L7_HTTP = 1,
+	L7_REDIS = 2,
+	L7_MYSQL = 3,
+};
+
+enum l7_dir {
+	L7_TO_SERVER = 1,
+	L7_TO_CLIENT = 2,
+};
+
+/* sl_l7_flows value: a connection found by protocol detection. */
+struct l7_flow {
+	__u8 proto;
+	__u8 dir;
+	__u16 _pad;
+	__u32 _pad2;
+};
+
+/* Header of an L7 capture event; cap_len payload bytes follow at data.
+ * The record is header + cap_len bytes long (h.size says so). */
+struct ev_l7 {
+	struct ev_hdr h;
+	__u32 ifindex;
+	__u32 seq;         /* TCP sequence number of the first payload byte */
+	__u16 sport;       /* host order */
+	__u16 dport;
+	__u8 family;
+	__u8 proto;        /* enum l7_proto */
+	__u8 dir;          /* enum l7_dir */
+	__u8 tcp_flags;
+	__u32 payload_len; /* TCP payload bytes in the packet */
+	__u16 cap_len;     /* of which captured here */
+	__u16 _pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u8 data[SLUICE_L7_CAP];
+};
+
+#define SLUICE_EV_L7_HDR 72
 
 /* Indexes into sl_tc_stats (per-CPU struct counter). */
 enum tc_stat_idx {
@@ -391,7 +443,10 @@ _Static_assert(sizeof(struct fwd_rule) == 328, "fwd_rule size");
 _Static_assert(sizeof(struct ct_key) == 40, "ct_key size");
 _Static_assert(sizeof(struct ct_val) == 32, "ct_val size");
 _Static_assert(sizeof(struct redir_val) == 20, "redir_val size");
-_Static_assert(sizeof(struct tc_config) == 16, "tc_config size");
+_Static_assert(sizeof(struct tc_config) == 24, "tc_config size");
+_Static_assert(sizeof(struct l7_flow) == 8, "l7_flow size");
+_Static_assert(__builtin_offsetof(struct ev_l7, data) == SLUICE_EV_L7_HDR, "ev_l7 header size");
+_Static_assert(sizeof(struct ev_l7) == SLUICE_EV_L7_HDR + SLUICE_L7_CAP, "ev_l7 size");
 #endif /* __bpf__ */
 
 #endif /* SLUICE_ABI_H */

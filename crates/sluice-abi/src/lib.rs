@@ -12,7 +12,7 @@
 use core::mem::{offset_of, size_of};
 
 /// `SLUICE_ABI_VERSION`: bumped whenever a pinned map's layout changes.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// `SLUICE_DEFAULT_MAX_RULES`: capacity compiled into the object.
 pub const DEFAULT_MAX_RULES: u32 = 65536;
 /// `SLUICE_MAX_IPV6_EXT`: bound on the IPv6 extension-header walk.
@@ -257,12 +257,16 @@ pub mod ev {
     pub const CONN: u16 = 1;
     pub const PACKET: u16 = 2;
     pub const DROP: u16 = 3;
+    pub const L7: u16 = 4;
     /// `sl_ev_lost` indexes.
     pub const LOST_CONN: u32 = 0;
     pub const LOST_PACKET: u32 = 1;
     pub const LOST_DROP: u32 = 2;
     pub const LOST_DROP_LIMIT: u32 = 3;
-    pub const LOST_COUNT: u32 = 4;
+    pub const LOST_L7: u32 = 4;
+    pub const LOST_COUNT: u32 = 5;
+    /// Names of the `sl_ev_lost` indexes, as status and metrics show them.
+    pub const LOST_NAMES: [&str; LOST_COUNT as usize] = ["conn", "packet", "drop", "drop_rate_limited", "l7"];
     pub const DIR_OUT: u8 = 1;
     pub const DIR_IN: u8 = 2;
     pub const RULE_DENY: u8 = 1;
@@ -391,7 +395,7 @@ pub mod tc {
     pub const PEER_MAC: &str = "sl_peer_mac";
     pub const CONFIG: &str = "sl_tc_cfg";
     pub const STATS: &str = "sl_tc_stats";
-    pub const MAPS: [&str; 9] = [
+    pub const MAPS: [&str; 14] = [
         FORWARDS,
         FORWARD_COUNTERS,
         CT,
@@ -401,6 +405,11 @@ pub mod tc {
         PEER_MAC,
         CONFIG,
         STATS,
+        super::l7::PORTS_MAP,
+        super::l7::FLOWS_MAP,
+        super::l7::BUF_MAP,
+        super::ev::RING,
+        super::ev::LOST,
     ];
     pub const MAX_FWD_TARGETS: usize = 16;
     pub const MAX_FORWARDS: u32 = 1024;
@@ -501,7 +510,57 @@ pub struct TcConfig {
     pub abi_version: u32,
     pub nforwards: u32,
     pub nredirects: u32,
+    /// Payload bytes captured per packet for L7; 0 turns L7 capture off.
+    pub l7_cap: u32,
+    /// 1: also recognise the L7 protocols on other ports.
+    pub l7_detect: u32,
     pub _pad: u32,
+}
+
+/// L7 capture: constants of `sluice_tc.bpf.c`.
+pub mod l7 {
+    pub const CAP: usize = 1024;
+    pub const PORTS: u32 = 64;
+    pub const FLOWS: u32 = 65536;
+    pub const HDR: usize = 72;
+    pub const HTTP: u8 = 1;
+    pub const REDIS: u8 = 2;
+    pub const MYSQL: u8 = 3;
+    pub const TO_SERVER: u8 = 1;
+    pub const TO_CLIENT: u8 = 2;
+    pub const PORTS_MAP: &str = "sl_l7_ports";
+    pub const FLOWS_MAP: &str = "sl_l7_flows";
+    pub const BUF_MAP: &str = "sl_l7_buf";
+}
+
+/// `struct l7_flow`: value of `sl_l7_flows`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L7Flow {
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: u16,
+    pub _pad2: u32,
+}
+
+/// The fixed header of `struct ev_l7`; `cap_len` payload bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvL7 {
+    pub h: EvHdr,
+    pub ifindex: u32,
+    pub seq: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub dir: u8,
+    pub tcp_flags: u8,
+    pub payload_len: u32,
+    pub cap_len: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
 }
 
 /// `struct mac` of `sl_peer_mac`.
@@ -560,7 +619,11 @@ const _: () = {
     assert!(offset_of!(CtVal, last_ns) == 24);
     assert!(size_of::<RedirVal>() == 20);
     assert!(offset_of!(RedirVal, smac) == 12);
-    assert!(size_of::<TcConfig>() == 16);
+    assert!(size_of::<TcConfig>() == 24);
+    assert!(size_of::<L7Flow>() == 8);
+    assert!(size_of::<EvL7>() == l7::HDR);
+    assert!(offset_of!(EvL7, payload_len) == 32);
+    assert!(offset_of!(EvL7, saddr) == 40);
     assert!(size_of::<Mac>() == 8);
 };
 
@@ -591,6 +654,7 @@ mod pod {
     unsafe impl aya::Pod for super::RedirVal {}
     unsafe impl aya::Pod for super::TcConfig {}
     unsafe impl aya::Pod for super::Mac {}
+    unsafe impl aya::Pod for super::L7Flow {}
 }
 
 #[cfg(test)]
@@ -667,6 +731,17 @@ mod header_sync {
             ("EVL_DROP", ev::LOST_DROP),
             ("EVL_DROP_LIMIT", ev::LOST_DROP_LIMIT),
             ("EVL_COUNT", ev::LOST_COUNT),
+            ("EVL_L7", ev::LOST_L7),
+            ("EV_L7", ev::L7 as u32),
+            ("SLUICE_L7_CAP", super::l7::CAP as u32),
+            ("SLUICE_L7_PORTS", super::l7::PORTS),
+            ("SLUICE_L7_FLOWS", super::l7::FLOWS),
+            ("SLUICE_EV_L7_HDR", super::l7::HDR as u32),
+            ("L7_HTTP", super::l7::HTTP as u32),
+            ("L7_REDIS", super::l7::REDIS as u32),
+            ("L7_MYSQL", super::l7::MYSQL as u32),
+            ("L7_TO_SERVER", super::l7::TO_SERVER as u32),
+            ("L7_TO_CLIENT", super::l7::TO_CLIENT as u32),
             ("CONN_DIR_OUT", ev::DIR_OUT as u32),
             ("CONN_DIR_IN", ev::DIR_IN as u32),
             ("RULE_DENY", ev::RULE_DENY as u32),

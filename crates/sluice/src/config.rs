@@ -60,6 +60,19 @@ pub struct Config {
     pub events_jsonl_keep: u32,
     /// Recent events kept in memory for `sluice conns` / `sluice events`.
     pub event_history: usize,
+    /// TCP payload bytes captured per packet for L7 parsing (0 turns L7
+    /// capture off; at most 1024).
+    pub l7_capture_bytes: u32,
+    /// Also recognise HTTP, Redis and MySQL on other ports by their first
+    /// bytes.
+    pub l7_detect: bool,
+    pub l7_http_ports: Vec<u16>,
+    pub l7_redis_ports: Vec<u16>,
+    pub l7_mysql_ports: Vec<u16>,
+    /// Audit records older than this are deleted (e.g. "7d").
+    pub l7_retention: String,
+    /// At most this many audit records are kept (the oldest go first).
+    pub l7_max_records: u64,
 }
 
 impl Default for Config {
@@ -79,6 +92,13 @@ impl Default for Config {
             events_jsonl_max_bytes: 64 << 20,
             events_jsonl_keep: 3,
             event_history: 10_000,
+            l7_capture_bytes: 1024,
+            l7_detect: true,
+            l7_http_ports: vec![80, 8080],
+            l7_redis_ports: vec![6379],
+            l7_mysql_ports: vec![3306],
+            l7_retention: "7d".into(),
+            l7_max_records: 1_000_000,
         }
     }
 }
@@ -132,6 +152,18 @@ impl Config {
                 "events_jsonl_max_bytes must be >= 4096 and event_history <= 1000000".into(),
             ));
         }
+        if self.l7_capture_bytes > sluice_abi::l7::CAP as u32 {
+            return Err(ConfigError::Invalid(format!(
+                "l7_capture_bytes {} is above the kernel's cap of {} bytes per packet",
+                self.l7_capture_bytes,
+                sluice_abi::l7::CAP
+            )));
+        }
+        self.l7_ports()?;
+        self.l7_retention()?;
+        if self.l7_max_records < 100 {
+            return Err(ConfigError::Invalid("l7_max_records must be at least 100".into()));
+        }
         if !self.pin_dir.is_absolute() || self.pin_dir.parent().is_none() {
             return Err(ConfigError::Invalid(format!(
                 "pin_dir {} must be an absolute path below a bpffs mount",
@@ -150,6 +182,43 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The L7 ports as (port, protocol number of `sluice_abi::l7`).
+    pub fn l7_ports(&self) -> Result<Vec<(u16, u8)>, ConfigError> {
+        let mut out: Vec<(u16, u8)> = Vec::new();
+        for (ports, proto, name) in [
+            (&self.l7_http_ports, sluice_abi::l7::HTTP, "l7_http_ports"),
+            (&self.l7_redis_ports, sluice_abi::l7::REDIS, "l7_redis_ports"),
+            (&self.l7_mysql_ports, sluice_abi::l7::MYSQL, "l7_mysql_ports"),
+        ] {
+            for p in ports {
+                if *p == 0 {
+                    return Err(ConfigError::Invalid(format!("{name}: port 0 is not a port")));
+                }
+                if out.iter().any(|(q, _)| q == p) {
+                    return Err(ConfigError::Invalid(format!("{name}: port {p} is listed twice")));
+                }
+                out.push((*p, proto));
+            }
+        }
+        if out.len() > sluice_abi::l7::PORTS as usize {
+            return Err(ConfigError::Invalid(format!(
+                "{} L7 ports; at most {}",
+                out.len(),
+                sluice_abi::l7::PORTS
+            )));
+        }
+        Ok(out)
+    }
+
+    pub fn l7_retention(&self) -> Result<std::time::Duration, ConfigError> {
+        let d = humantime::parse_duration(&self.l7_retention)
+            .map_err(|e| ConfigError::Invalid(format!("l7_retention {:?}: {e}", self.l7_retention)))?;
+        if d < std::time::Duration::from_secs(60) {
+            return Err(ConfigError::Invalid("l7_retention must be at least 1m".into()));
+        }
+        Ok(d)
     }
 
     pub fn capacity(&self) -> crate::dataplane::Capacity {

@@ -143,7 +143,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let limiter = Limiter::open(limit_store, Box::new(limit_tables))?;
     let mut dp = dp;
     let nat_tables = dp.take_nat_tables()?.expect("a freshly loaded object has its TC maps");
-    let (nat, nat_rec) = Nat::open(nat_store, Some(nat_tables))?;
+    let (mut nat, nat_rec) = Nat::open(nat_store, Some(nat_tables))?;
+    nat.set_l7(cfg.l7_capture_bytes, cfg.l7_detect, &cfg.l7_ports()?)?;
     if nat_rec.inactive_redirects > 0 {
         tracing::warn!(
             inactive = nat_rec.inactive_redirects,

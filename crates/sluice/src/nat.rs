@@ -746,6 +746,15 @@ impl Nat {
         Ok(r)
     }
 
+    /// Configures the L7 capture of the TC programs (they share its config
+    /// word): bytes per packet (0 = off), detection, and the port map.
+    pub fn set_l7(&mut self, cap: u32, detect: bool, ports: &[(u16, u8)]) -> Result<(), NatError> {
+        if let Some(t) = self.tables.as_mut() {
+            t.set_l7(cap, detect, ports)?;
+        }
+        Ok(())
+    }
+
     /// Re-resolves every redirect's interface (containers come and go, and
     /// with them ifindexes) and updates the kernel where it changed.
     /// Returns the number of rules whose target changed.

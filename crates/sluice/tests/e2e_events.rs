@@ -194,7 +194,7 @@ fn connections_are_attributed_to_the_right_process_on_both_ends() {
     assert!(st["events"]["received"]["conn"].as_u64().unwrap() >= 8, "{st}");
     assert_eq!(st["events"]["lost_kernel"]["conn"], 0, "{st}");
     // Prometheus text shows the pipeline.
-    let metrics = raw_get(&d.socket, "/metrics");
+    let metrics = common::raw_get(&d.socket, "/metrics");
     for needle in [
         "sluice_connections_total{event=\"opened\"}",
         "sluice_events_received_total{source=\"conn\"}",
@@ -206,16 +206,6 @@ fn connections_are_attributed_to_the_right_process_on_both_ends() {
 }
 
 /// A plain HTTP/1.0 GET over the unix socket; returns the body.
-fn raw_get(socket: &std::path::Path, path: &str) -> String {
-    let mut s = UnixStream::connect(socket).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: sluice\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
 #[test]
 fn drop_events_name_the_rule_that_dropped() {
     require_root();

@@ -175,7 +175,7 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
         }
         if let Some(ev) = &s.events {
             let kl = ev.lock().unwrap().lost().map_err(|e| err(e.to_string()))?;
-            for (name, v) in ["conn", "packet", "drop", "drop_rate_limited"].iter().zip(kl) {
+            for (name, v) in sluice_abi::ev::LOST_NAMES.iter().zip(kl) {
                 lost.get_or_create(&l(&[("source", name), ("where", "kernel")]))
                     .inc_by(v);
             }

@@ -271,7 +271,7 @@ fn event_summary(s: &Ctl) -> ApiResult<EventSummary> {
                 .unwrap()
                 .lost()
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            ["conn", "packet", "drop", "drop_rate_limited"]
+            sluice_abi::ev::LOST_NAMES
                 .iter()
                 .zip(l)
                 .map(|(k, v)| (k.to_string(), v))

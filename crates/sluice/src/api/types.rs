@@ -221,7 +221,8 @@ pub struct EventSummary {
     /// Events read from the kernel, by kind.
     pub received: BTreeMap<String, u64>,
     /// Events the kernel could not deliver: ring full (conn, packet, drop)
-    /// or over the drop-event rate (drop_rate_limited).
+    /// or over the drop-event rate (drop_rate_limited), and L7 captures
+    /// (l7: ring full).
     pub lost_kernel: BTreeMap<String, u64>,
     /// Events subscribers (SSE clients, the JSONL sink) fell behind on.
     pub lost_subscribers: u64,

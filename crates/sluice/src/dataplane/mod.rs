@@ -233,7 +233,15 @@ fn expected_maps(cap: Capacity) -> Vec<MapShape> {
         shape(tc::REDIRECT6, MapType::LpmTrie, 20, 20, tc::MAX_REDIRECTS),
         shape(tc::REDIRECT_COUNTERS, MapType::PerCpuArray, 4, 16, tc::MAX_REDIRECTS),
         shape(tc::PEER_MAC, MapType::Hash, 4, 8, tc::PEER_MAC_ENTRIES),
-        shape(tc::CONFIG, MapType::Array, 4, 16, 1),
+        shape(tc::CONFIG, MapType::Array, 4, 24, 1),
+        shape(sluice_abi::l7::PORTS_MAP, MapType::Hash, 2, 1, sluice_abi::l7::PORTS),
+        shape(
+            sluice_abi::l7::FLOWS_MAP,
+            MapType::LruHash,
+            40,
+            8,
+            sluice_abi::l7::FLOWS,
+        ),
         shape(tc::STATS, MapType::PerCpuArray, 4, 16, tc::STAT_COUNT),
     ]);
     v
@@ -371,6 +379,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
         loader.map_max_entries(sluice_abi::tc::CT, cap.max_flows);
+        loader.map_max_entries(sluice_abi::ev::RING, cap.ring_bytes);
         let mut tc = loader.load(TC_OBJ)?;
         for name in [sluice_abi::tc::INGRESS, sluice_abi::tc::EGRESS] {
             let prog: &mut SchedClassifier = tc.program_mut(name).ok_or(DataplaneError::Missing(name))?.try_into()?;

@@ -21,6 +21,9 @@ pub struct NatTables {
     redir_cnt: PerCpuArray<MapData, Counter>,
     config: Array<MapData, TcConfig>,
     stats: PerCpuArray<MapData, Counter>,
+    l7_ports: HashMap<MapData, u16, u8>,
+    /// What `sl_tc_cfg` holds: rule counts and the L7 capture settings.
+    cfg: TcConfig,
     ncpus: usize,
 }
 
@@ -55,6 +58,11 @@ impl NatTables {
             redir_cnt: PerCpuArray::try_from(take(names::REDIRECT_COUNTERS)?)?,
             config: Array::try_from(take(names::CONFIG)?)?,
             stats: PerCpuArray::try_from(take(names::STATS)?)?,
+            l7_ports: HashMap::try_from(take(sluice_abi::l7::PORTS_MAP)?)?,
+            cfg: TcConfig {
+                abi_version: ABI_VERSION,
+                ..Default::default()
+            },
             ncpus,
         })
     }
@@ -138,13 +146,27 @@ impl NatTables {
 
     /// Publishes the rule counts (zero skips the stage in the kernel).
     pub fn set_config(&mut self, nforwards: u32, nredirects: u32) -> Result<(), DataplaneError> {
-        let cfg = TcConfig {
-            abi_version: ABI_VERSION,
-            nforwards,
-            nredirects,
-            _pad: 0,
-        };
-        Ok(self.config.set(0, cfg, 0)?)
+        self.cfg.nforwards = nforwards;
+        self.cfg.nredirects = nredirects;
+        Ok(self.config.set(0, self.cfg, 0)?)
+    }
+
+    /// Sets the L7 capture: bytes per packet (0 = off), protocol detection
+    /// on other ports, and the ports of each protocol (exactly these).
+    pub fn set_l7(&mut self, cap: u32, detect: bool, ports: &[(u16, u8)]) -> Result<(), DataplaneError> {
+        let want: std::collections::HashMap<u16, u8> = ports.iter().copied().collect();
+        let have: Vec<(u16, u8)> = self.l7_ports.iter().filter_map(Result::ok).collect();
+        for (p, v) in have {
+            if want.get(&p) != Some(&v) {
+                ignore_missing(self.l7_ports.remove(&p))?;
+            }
+        }
+        for (p, v) in &want {
+            self.l7_ports.insert(p, v, 0)?;
+        }
+        self.cfg.l7_cap = cap;
+        self.cfg.l7_detect = detect as u32;
+        Ok(self.config.set(0, self.cfg, 0)?)
     }
 
     /// The TC statistics, indexed by `sluice_abi::tc::STAT_*`.

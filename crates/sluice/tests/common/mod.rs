@@ -223,3 +223,15 @@ pub fn tcp_connects(host: &sluice::lab::LabHost, dst: std::net::SocketAddr) -> b
     host.in_netns(move || std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(1)).is_ok())
         .unwrap()
 }
+
+/// A plain HTTP/1.0 GET over the daemon's unix socket; returns the body.
+pub fn raw_get(socket: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: sluice\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
