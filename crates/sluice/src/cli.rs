@@ -75,6 +75,24 @@ enum Cmd {
         #[command(subcommand)]
         op: RedirectOp,
     },
+    /// HTTP, Redis and MySQL requests seen on the wire, paired with their
+    /// responses, from the audit log (or live with --follow).
+    L7 {
+        /// Only this protocol: http, redis or mysql.
+        #[arg(long)]
+        proto: Option<String>,
+        /// Only records newer than this (e.g. 10m, 2h).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Keep printing new records as they are paired.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
     /// Every TCP connection on the host (all namespaces), with its process.
     Conns {
         /// Keep printing new connection events.
@@ -312,6 +330,13 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Limit { op } => limit(op).await,
         Cmd::Forward { op } => forward(op).await,
         Cmd::Redirect { op } => redirect(op).await,
+        Cmd::L7 {
+            proto,
+            since,
+            limit,
+            follow,
+            c,
+        } => l7(proto, since, limit, follow, &c).await,
         Cmd::Conns { follow, c } => events(vec!["conn".into()], follow, &c).await,
         Cmd::Events { follow, kind, c } => events(kind, follow, &c).await,
         Cmd::Down { state_dir, pin_dir } => daemon::down(&state_dir, &pin_dir),
@@ -761,6 +786,7 @@ fn event_line(e: &Event) -> String {
             c.direction,
             c.duration_ms.map(|d| format!("  after {d:.1} ms")).unwrap_or_default()
         ),
+        Event::L7(r) => l7_line(r),
         Event::Packet(p) | Event::Drop(p) | Event::Limit(p) => format!(
             "{}  {:<7} {:<15} {} {}:{} -> {}:{}  {} bytes  {}{}",
             p.time,
@@ -817,6 +843,102 @@ async fn events(kinds: Vec<String>, follow: bool, c: &ClientOpts) -> Result<()> 
                 println!("{data}");
             } else {
                 println!("{}", event_line(&e));
+            }
+            Ok(())
+        })
+        .await
+}
+
+fn l7_line(r: &sluice::audit::L7Record) -> String {
+    use sluice::l7::Summary as S;
+    let req = match &r.request {
+        Some(S::HttpRequest { method, path, host, .. }) => {
+            format!("{method} {}{path}", host.as_deref().unwrap_or(""))
+        }
+        Some(S::RedisCommand { command, key, .. }) => format!("{command} {}", key.as_deref().unwrap_or("")),
+        Some(S::MysqlCommand {
+            command,
+            query,
+            stmt_id,
+            schema,
+        }) => match (query, stmt_id, schema) {
+            (Some(q), _, _) => format!("{command} {q}"),
+            (_, Some(id), _) => format!("{command} stmt {id}"),
+            (_, _, Some(db)) => format!("{command} {db}"),
+            _ => command.clone(),
+        },
+        Some(other) => format!("{other:?}"),
+        None => "(request not seen)".into(),
+    };
+    let resp = match &r.response {
+        Some(S::RedisReply { error: Some(e), .. }) => format!("error {e}"),
+        Some(S::MysqlReply {
+            error_code: Some(c),
+            error_message,
+            ..
+        }) => format!("err {c} {}", error_message.as_deref().unwrap_or("")),
+        _ => r.status.clone(),
+    };
+    let mut req = req.replace(['\n', '\r'], " ");
+    if req.chars().count() > 80 {
+        req = req.chars().take(77).collect::<String>() + "...";
+    }
+    format!(
+        "{}  {:<5} {}:{} -> {}:{}  {:<80}  {:<12} {:>9}{}",
+        r.time,
+        r.proto.as_str(),
+        r.client,
+        r.client_port,
+        r.server,
+        r.server_port,
+        req,
+        resp,
+        r.latency_ms.map_or("-".into(), |l| format!("{l:.3} ms")),
+        if r.partial { "  (partial)" } else { "" }
+    )
+}
+
+async fn l7(proto: Option<String>, since: Option<String>, limit: usize, follow: bool, c: &ClientOpts) -> Result<()> {
+    let client = Client::new(&c.socket);
+    if !follow {
+        let mut q = vec![format!("limit={limit}")];
+        if let Some(p) = &proto {
+            q.push(format!("proto={p}"));
+        }
+        if let Some(s) = &since {
+            q.push(format!("since={s}"));
+        }
+        let v: Vec<sluice::audit::L7Record> = client.get(&format!("/v1/l7?{}", q.join("&"))).await?;
+        if c.json {
+            return print_json(&v);
+        }
+        for r in &v {
+            println!("{}", l7_line(r));
+        }
+        return Ok(());
+    }
+    if let Some(p) = &proto {
+        if sluice::l7::Proto::parse(p).is_none() {
+            anyhow::bail!("unknown protocol {p:?}: http, redis or mysql");
+        }
+    }
+    let json = c.json;
+    client
+        .follow("/v1/events?kind=l7", |event, data| {
+            if event == "lost" {
+                eprintln!("sluice: this client fell behind and lost {data} events");
+                return Ok(());
+            }
+            let Event::L7(r) = serde_json::from_str::<Event>(data)? else {
+                return Ok(());
+            };
+            if proto.as_deref().is_some_and(|p| p != r.proto.as_str()) {
+                return Ok(());
+            }
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}", l7_line(&r));
             }
             Ok(())
         })

@@ -183,10 +183,24 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
 
     let hub = Hub::new(cfg.event_history);
+    let retention = sluice::audit::Retention {
+        max_age: cfg.l7_retention()?,
+        max_records: cfg.l7_max_records,
+    };
+    let audit = match cfg.l7_capture_bytes {
+        0 => None,
+        _ => {
+            let a = sluice::audit::AuditStore::open(&cfg.state_dir, retention)?;
+            sluice::audit::prune_now(&a, retention)?;
+            tracing::info!(path = %a.path().display(), bytes_per_packet = cfg.l7_capture_bytes, "L7 audit log");
+            Some(a)
+        }
+    };
     let state = Arc::new(Ctl {
         fw: Mutex::new(fw),
         limits: Mutex::new(limiter),
         nat: Mutex::new(nat),
+        audit,
         hub: hub.clone(),
         events: Some(Mutex::new(event_maps)),
         requests: Mutex::new(Default::default()),
@@ -198,7 +212,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         state_dir: cfg.state_dir.display().to_string(),
     });
     let nat_gc = tokio::spawn(nat_housekeeping(state.clone()));
-    let reader = tokio::spawn(read_ring(ring, hub.clone(), Decoder::new(state.clone())));
+    let mut decoder = Decoder::new(state.clone());
+    decoder.audit = Some(sluice::audit::Audit::new(state.audit.clone()));
+    let reader = tokio::spawn(read_ring(ring, hub.clone(), decoder));
     let jsonl = match &cfg.events_jsonl {
         Some(path) => {
             let sink = JsonlSink::open(path, cfg.events_jsonl_max_bytes, cfg.events_jsonl_keep)

@@ -37,10 +37,11 @@ pub enum Kind {
     Packet,
     Drop,
     Limit,
+    L7,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Conn, Kind::Packet, Kind::Drop, Kind::Limit];
+    pub const ALL: [Kind; 5] = [Kind::Conn, Kind::Packet, Kind::Drop, Kind::Limit, Kind::L7];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,6 +49,7 @@ impl Kind {
             Kind::Packet => "packet",
             Kind::Drop => "drop",
             Kind::Limit => "limit",
+            Kind::L7 => "l7",
         }
     }
 }
@@ -127,6 +129,7 @@ pub enum Event {
     Packet(PacketEvent),
     Drop(PacketEvent),
     Limit(PacketEvent),
+    L7(crate::audit::L7Record),
 }
 
 impl Event {
@@ -136,6 +139,7 @@ impl Event {
             Event::Packet(_) => Kind::Packet,
             Event::Drop(_) => Kind::Drop,
             Event::Limit(_) => Kind::Limit,
+            Event::L7(_) => Kind::L7,
         }
     }
 }
@@ -195,6 +199,14 @@ impl Clock {
     pub fn wall(&self, ts_ns: u64) -> String {
         humantime::format_rfc3339_micros(self.boot + Duration::from_nanos(ts_ns)).to_string()
     }
+
+    /// A kernel timestamp (CLOCK_MONOTONIC ns) as ns since the Unix epoch.
+    pub fn unix_ns(&self, ts_ns: u64) -> u64 {
+        (self.boot + Duration::from_nanos(ts_ns))
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
 }
 
 impl Default for Clock {
@@ -237,6 +249,8 @@ pub struct Decoder {
     pub clock: Clock,
     pub rules: Arc<dyn RuleNames>,
     ifnames: HashMap<u32, String>,
+    /// The L7 stage; None drops L7 captures (counted as malformed).
+    pub audit: Option<crate::audit::Audit>,
 }
 
 impl Decoder {
@@ -245,15 +259,49 @@ impl Decoder {
             clock: Clock::new(),
             rules,
             ifnames: HashMap::new(),
+            audit: None,
         }
     }
 
+    fn ifname(&mut self, ifindex: u32) -> String {
+        self.ifnames
+            .entry(ifindex)
+            .or_insert_with(|| crate::dataplane::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}")))
+            .clone()
+    }
+
+    /// Records finished by reassembly, as events.
+    fn l7_events(&mut self, done: Vec<crate::audit::Done>) -> Vec<Event> {
+        let mut out = Vec::with_capacity(done.len());
+        for d in done {
+            let name = self.ifname(d.ifindex);
+            if let Some(a) = &self.audit {
+                out.push(Event::L7(a.record(d, &self.clock, name)));
+            }
+        }
+        out
+    }
+
+    /// Feeds one L7 capture; returns the records it completed.
+    pub fn l7_segment(&mut self, bytes: &[u8]) -> Option<Vec<Event>> {
+        let seg = crate::audit::decode_segment(bytes)?;
+        let a = self.audit.as_mut()?;
+        a.metrics.segments.fetch_add(1, Ordering::Relaxed);
+        let done = a.assembler.segment(seg);
+        Some(self.l7_events(done))
+    }
+
+    /// Periodic L7 housekeeping (skipped holes, idle connections).
+    pub fn l7_tick(&mut self) -> Vec<Event> {
+        let Some(a) = self.audit.as_mut() else {
+            return Vec::new();
+        };
+        let done = a.assembler.tick(crate::limits::monotonic_ns());
+        self.l7_events(done)
+    }
+
     fn packet(&mut self, p: &EvPacket) -> PacketEvent {
-        let interface = self
-            .ifnames
-            .entry(p.ifindex)
-            .or_insert_with(|| crate::dataplane::ifname(p.ifindex).unwrap_or_else(|| format!("if{}", p.ifindex)))
-            .clone();
+        let interface = self.ifname(p.ifindex);
         let rule = match p.rule_kind {
             ev::RULE_DENY | ev::RULE_ALLOW | ev::RULE_LIMIT => {
                 let kind = match p.rule_kind {
@@ -298,7 +346,7 @@ impl Decoder {
 /// Counters of the pipeline, by kind.
 #[derive(Default)]
 pub struct Counters {
-    pub received: [AtomicU64; 4],
+    pub received: [AtomicU64; 5],
     /// Records the daemon could not decode.
     pub malformed: AtomicU64,
     /// Events lost by subscribers that fell behind (all subscribers).
@@ -373,6 +421,15 @@ impl Hub {
 
     /// Drains one raw ring-buffer record.
     pub fn ingest(&self, dec: &mut Decoder, bytes: &[u8]) {
+        if bytes.len() >= 2 && u16::from_ne_bytes([bytes[0], bytes[1]]) == ev::L7 {
+            match dec.l7_segment(bytes) {
+                Some(events) => events.into_iter().for_each(|e| self.publish(e)),
+                None => {
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
         match decode(bytes) {
             Some(raw) => self.publish(dec.event(&raw)),
             None => {
@@ -395,8 +452,19 @@ pub async fn read_ring(ring: aya::maps::RingBuf<aya::maps::MapData>, hub: Arc<Hu
             return;
         }
     };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
-        let mut guard = match fd.readable_mut().await {
+        let ready = tokio::select! {
+            r = fd.readable_mut() => Some(r),
+            _ = tick.tick() => None,
+        };
+        let Some(ready) = ready else {
+            for e in dec.l7_tick() {
+                hub.publish(e);
+            }
+            continue;
+        };
+        let mut guard = match ready {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "event ring buffer poll failed");

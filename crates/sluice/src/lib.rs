@@ -3,11 +3,13 @@
 //! binary only parses the command line and prints.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod dataplane;
 pub mod events;
 pub mod firewall;
 pub mod gen;
+pub mod l7;
 pub mod lab;
 pub mod limits;
 pub mod nat;

@@ -316,3 +316,23 @@ async fn forwards_and_redirects_round_trip_and_refuse_bad_input() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(st["forwarding"]["redirects"], 1, "{st}");
 }
+
+#[tokio::test]
+async fn l7_queries_validate_their_filters() {
+    let app = router(16);
+    let (s, v) = call(&app, "GET", "/v1/l7?proto=http&since=10m&limit=5", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v.as_array().unwrap().is_empty(), "no audit store in this test");
+    for (q, needle) in [
+        ("proto=smtp", "unknown protocol"),
+        ("since=yesterday", "since"),
+        ("limit=0", "limit"),
+        ("limit=100001", "limit"),
+        ("limit=-1", ""),
+        ("bogus=1", "unknown field"),
+    ] {
+        let (s, v) = call(&app, "GET", &format!("/v1/l7?{q}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+        assert!(error_of(&v).contains(needle), "{q}: {v}");
+    }
+}

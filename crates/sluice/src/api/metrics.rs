@@ -151,6 +151,30 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             }
         }
 
+        if let Some(a) = &s.audit {
+            let m = &a.metrics;
+            reg.register(
+                "l7_requests",
+                "L7 exchanges recorded, by protocol and status",
+                m.requests.clone(),
+            );
+            reg.register(
+                "l7_latency_seconds",
+                "L7 request-to-response latency, by protocol",
+                m.latency.clone(),
+            );
+            let seg = Counter::<u64>::default();
+            seg.inc_by(m.segments.load(Relaxed));
+            reg.register("l7_segments", "TCP payload captures received from the kernel", seg);
+            let dropped = Counter::<u64>::default();
+            dropped.inc_by(m.store_dropped.load(Relaxed));
+            reg.register(
+                "l7_store_dropped",
+                "L7 records not stored because the audit writer fell behind",
+                dropped,
+            );
+        }
+
         let conns = Family::<Labels, Counter>::default();
         reg.register("connections", "TCP connections seen, by event", conns.clone());
         conns

@@ -46,6 +46,8 @@ pub struct Ctl {
     pub limits: Mutex<Limiter>,
     /// Forward and redirect rules.
     pub nat: Mutex<Nat>,
+    /// The L7 audit log (None: L7 off or no kernel).
+    pub audit: Option<Arc<crate::audit::AuditStore>>,
     pub hub: Arc<Hub>,
     /// Lost counters and per-interface counters (None without a kernel).
     pub events: Option<Mutex<EventMaps>>,
@@ -73,6 +75,7 @@ impl Ctl {
             fw: Mutex::new(fw),
             limits: Mutex::new(limits),
             nat: Mutex::new(Nat::open(store, None).expect("an empty rule set").0),
+            audit: None,
             hub,
             events: None,
             requests: Mutex::new(Default::default()),
@@ -225,6 +228,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/forwards/{id}", delete(delete_forward))
         .route("/v1/redirects", get(list_redirects).post(add_redirect))
         .route("/v1/redirects/{id}", delete(delete_redirect))
+        .route("/v1/l7", get(l7_records))
         .route("/v1/events", get(events_sse))
         .route("/v1/events/recent", get(events_recent))
         .route("/v1/conns", get(conns))
@@ -416,6 +420,52 @@ async fn add_redirect(State(s): State<AppState>, Json(req): Json<RedirectRequest
 async fn delete_redirect(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<RedirectView>> {
     let r = blocking(move || Ok(s.nat.lock().unwrap().del_redirect(id)?)).await?;
     Ok(Json(RedirectView::new(&r, Default::default())))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct L7Query {
+    proto: Option<String>,
+    /// A duration: records newer than now minus this.
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most records one `/v1/l7` request returns.
+pub const MAX_L7_LIMIT: usize = 100_000;
+
+async fn l7_records(
+    State(s): State<AppState>,
+    Query(q): Query<L7Query>,
+) -> ApiResult<Json<Vec<crate::audit::L7Record>>> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let proto = match &q.proto {
+        Some(p) => Some(
+            crate::l7::Proto::parse(p).ok_or_else(|| bad(format!("unknown protocol {p:?}: http, redis or mysql")))?,
+        ),
+        None => None,
+    };
+    let since_ns = match &q.since {
+        Some(d) => {
+            let d = humantime::parse_duration(d).map_err(|e| bad(format!("since {d:?}: {e}")))?;
+            Some(crate::audit::now_unix_ns().saturating_sub(d.as_nanos().min(u64::MAX as u128) as u64))
+        }
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_L7_LIMIT {
+        return Err(bad(format!("limit must be between 1 and {MAX_L7_LIMIT}")));
+    }
+    let Some(store) = s.audit.clone() else {
+        return Ok(Json(Vec::new()));
+    };
+    blocking(move || {
+        store
+            .query(proto, since_ns, limit)
+            .map(Json)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    })
+    .await
 }
 
 async fn list_limits(State(s): State<AppState>) -> ApiResult<Json<Vec<LimitView>>> {
