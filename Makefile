@@ -30,7 +30,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 bench: setup
-	$(CARGO) bench --bench firewall --bench limits --bench events
+	$(CARGO) bench --bench firewall --bench limits --bench events --bench forward --bench l7_parsers --bench l7_load
 
 ## The one-minute tour's sandbox.
 demo: release

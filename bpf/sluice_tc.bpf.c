@@ -42,6 +42,12 @@
 
 /* tcx return codes (linux 6.6 UAPI; linux-libc-dev 6.1 lacks them). */
 #define TCX_NEXT -1
+/* bpf_l4_csum_replace: the change is to an IPv6 pseudo-header (6.16 UAPI).
+ * Without it a CHECKSUM_COMPLETE skb's csum would be adjusted as if an
+ * IPv4 header checksum had compensated, and the stack would drop it. */
+#ifndef BPF_F_IPV6
+#define BPF_F_IPV6 (1ULL << 7)
+#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -198,7 +204,7 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, i
 		/* A 16-byte change goes in as a precomputed difference (size 0). */
 		__s64 diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)to, 16, 0);
 		__u32 aoff = p->l3off + (dst ? 24 : 8);
-		err = bpf_l4_csum_replace(skb, l4csum, 0, diff, BPF_F_PSEUDO_HDR | mm0);
+		err = bpf_l4_csum_replace(skb, l4csum, 0, diff, BPF_F_PSEUDO_HDR | BPF_F_IPV6 | mm0);
 		err = err ?: bpf_skb_store_bytes(skb, aoff, to, 16, 0);
 	}
 	if (err)
@@ -233,10 +239,32 @@ static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p)
 	__builtin_memcpy(k->daddr, p->daddr, 16);
 }
 
+/* The reply direction of a client -> service packet sent to `addr`:`port`:
+ * key (target -> client) and value (rewrite the source to the service). */
+static __always_inline void reverse_of(const struct pkt *p, const __u8 *addr, __be16 port, __u32 slot, __u64 now,
+				       struct ct_key *rk, struct ct_val *rev)
+{
+	rk->family = p->family;
+	rk->proto = p->l4proto;
+	rk->sport = port;
+	rk->dport = p->sport;
+	__builtin_memcpy(rk->saddr, addr, 16);
+	__builtin_memcpy(rk->daddr, p->saddr, 16);
+	rev->port = p->dport;
+	rev->dir = CT_SNAT;
+	rev->state = CT_NEW;
+	rev->slot = slot;
+	rev->last_ns = now;
+	__builtin_memcpy(rev->addr, p->daddr, 16);
+}
+
 /* A new flow to a service: pick the target, record both directions. Returns
- * the forward entry to apply, or NULL (no service, or state not stored). */
+ * the forward entry to apply, or NULL (no service, or state not stored).
+ * TCP flows start only with a SYN: stray segments cannot fill the table. */
 static __always_inline struct ct_val *new_flow(const struct pkt *p, const struct ct_key *k, __u64 now)
 {
+	if (p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+		return NULL;
 	struct fwd_key fk = {.family = p->family, .proto = p->l4proto, .port = p->dport};
 	__builtin_memcpy(fk.addr, p->daddr, 16);
 	struct fwd_rule *r = bpf_map_lookup_elem(&sl_fwd, &fk);
@@ -248,12 +276,9 @@ static __always_inline struct ct_val *new_flow(const struct pkt *p, const struct
 
 	struct ct_val fwd = {.port = t->port, .dir = CT_DNAT, .state = CT_NEW, .slot = r->slot, .last_ns = now};
 	__builtin_memcpy(fwd.addr, t->addr, 16);
-	/* The reply comes from the target to the client. */
-	struct ct_key rk = {.family = p->family, .proto = p->l4proto, .sport = t->port, .dport = p->sport};
-	__builtin_memcpy(rk.saddr, t->addr, 16);
-	__builtin_memcpy(rk.daddr, p->saddr, 16);
-	struct ct_val rev = {.port = p->dport, .dir = CT_SNAT, .state = CT_NEW, .slot = r->slot, .last_ns = now};
-	__builtin_memcpy(rev.addr, p->daddr, 16);
+	struct ct_key rk = {};
+	struct ct_val rev = {};
+	reverse_of(p, t->addr, t->port, r->slot, now, &rk, &rev);
 
 	if (bpf_map_update_elem(&sl_ct, &rk, &rev, BPF_ANY) || bpf_map_update_elem(&sl_ct, k, &fwd, BPF_ANY))
 		return NULL;
@@ -263,10 +288,12 @@ static __always_inline struct ct_val *new_flow(const struct pkt *p, const struct
 
 static __always_inline void nat(struct __sk_buff *skb, struct pkt *p, int ingress, const struct tc_config *cfg)
 {
-	if (p->l4proto != IPPROTO_TCP && p->l4proto != IPPROTO_UDP)
+	/* No forwards, no flows: deleting a forward forgets its flows. */
+	if (!cfg->nforwards || (p->l4proto != IPPROTO_TCP && p->l4proto != IPPROTO_UDP))
 		return;
-	if (!(p->flags & PKT_F_L4) || (p->flags & (PKT_F_FRAG | PKT_F_RTHDR))) {
-		/* Never guess: no ports here (or the pseudo-header is not ours). */
+	if (!(p->flags & PKT_F_L4) || (p->flags & (PKT_F_FRAGMENTED | PKT_F_RTHDR))) {
+		/* Never guess: no ports here, or the other fragments of this
+		 * datagram would go elsewhere, or the pseudo-header is not ours. */
 		count(&sl_tc_stats, TCS_SKIPPED, skb->len);
 		return;
 	}
@@ -274,21 +301,55 @@ static __always_inline void nat(struct __sk_buff *skb, struct pkt *p, int ingres
 	ct_key_of(&k, p);
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_val *v = bpf_map_lookup_elem(&sl_ct, &k);
+	int created = 0;
+	int syn = p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	if (!v) {
-		if (!ingress || !cfg->nforwards)
+		if (!ingress)
 			return;
 		v = new_flow(p, &k, now);
-		if (!v)
+		if (!v) {
+			if (syn) {
+				/* A direct connection (not through a service) reusing the
+				 * 4-tuple of an old forwarded flow: that flow is over, and
+				 * its reply entry must not rewrite this one's SYN-ACK. */
+				struct ct_key rk = {.family = p->family, .proto = p->l4proto, .sport = p->dport, .dport = p->sport};
+				__builtin_memcpy(rk.saddr, p->daddr, 16);
+				__builtin_memcpy(rk.daddr, p->saddr, 16);
+				struct ct_val *old = bpf_map_lookup_elem(&sl_ct, &rk);
+				if (old && old->dir == CT_SNAT)
+					bpf_map_delete_elem(&sl_ct, &rk);
+			}
 			return;
+		}
+		created = 1;
+	} else if (syn && v->dir == CT_DNAT && v->state != CT_NEW) {
+		/* The client reuses its port for a new connection: start over. */
+		v->state = CT_NEW;
+		created = 1;
 	}
 	v->last_ns = now;
-	__u8 st = next_state(v->state, p);
-	if (st != v->state)
-		v->state = st;
+	/* The packet that created the flow leaves it NEW (half-open timeout). */
+	if (!created) {
+		__u8 st = next_state(v->state, p);
+		if (st != v->state)
+			v->state = st;
+	}
 	int dst = v->dir == CT_DNAT;
 	__u8 addr[16];
 	__builtin_memcpy(addr, v->addr, 16);
 	__be16 port = v->port;
+	if (dst) {
+		/* The LRU may have evicted the reply direction alone (restore it,
+		 * or replies would leak with the target's address), and a new
+		 * connection on a reused port starts it afresh. */
+		struct ct_key rk = {};
+		struct ct_val rev = {};
+		reverse_of(p, addr, port, v->slot, now, &rk, &rev);
+		if (syn)
+			bpf_map_update_elem(&sl_ct, &rk, &rev, BPF_ANY);
+		else if (!bpf_map_lookup_elem(&sl_ct, &rk))
+			bpf_map_update_elem(&sl_ct, &rk, &rev, BPF_NOEXIST);
+	}
 	count(&sl_fwd_cnt, v->slot, skb->len);
 	if (rewrite(skb, p, dst, addr, port)) {
 		count(&sl_tc_stats, TCS_ERROR, skb->len);
@@ -333,8 +394,8 @@ static __always_inline int redirect(struct __sk_buff *skb, const struct pkt *p)
  * greeting (3-byte length, sequence 0, protocol version 10). */
 static __always_inline int l7_detect(const __u8 *b, __u32 len, __u8 *dir)
 {
-	if (len < 5)
-		return 0;
+	if (len < 8)
+		return 0; /* too short to tell */
 	__u32 w = b[0] | b[1] << 8 | b[2] << 16 | (__u32)b[3] << 24;
 #define W(a, b_, c, d) ((__u32)(a) | (b_) << 8 | (c) << 16 | (__u32)(d) << 24)
 	*dir = L7_TO_SERVER;
@@ -366,6 +427,8 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 	if (bpf_skb_load_bytes(skb, p->l4off + 12, &doff, 1) ||
 	    bpf_skb_load_bytes(skb, p->l3off + (p->family == 4 ? 2 : 4), &iplen, 2))
 		return;
+	if ((doff >> 4) < 5)
+		return; /* a TCP header shorter than 20 bytes is bogus */
 	__u32 end = p->l3off + bpf_ntohs(iplen) + (p->family == 4 ? 0 : 40);
 	__u32 off = p->l4off + (doff >> 4) * 4;
 	if (end > skb->len)
@@ -373,17 +436,6 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 	if (end <= off)
 		return; /* no payload: nothing to parse */
 	__u32 plen = end - off;
-
-	__u32 zero = 0;
-	struct ev_l7 *ev = bpf_map_lookup_elem(&sl_l7_buf, &zero);
-	if (!ev)
-		return;
-	__u32 n = plen < cfg->l7_cap ? plen : cfg->l7_cap;
-	/* The verifier needs n in [1, SLUICE_L7_CAP] for the copy below. */
-	if (n == 0 || n > SLUICE_L7_CAP)
-		return;
-	if (bpf_skb_load_bytes(skb, off, ev->data, n))
-		return;
 
 	__u16 dp = bpf_ntohs(p->dport), sp = bpf_ntohs(p->sport);
 	__u8 proto = 0, dir = 0;
@@ -402,7 +454,11 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 			proto = f->proto;
 			dir = f->dir;
 		} else {
-			proto = l7_detect(ev->data, n, &dir);
+			/* Only the first bytes are needed to recognise a protocol. */
+			__u8 first[8] = {};
+			if (plen < 8 || bpf_skb_load_bytes(skb, off, first, 8))
+				return;
+			proto = l7_detect(first, plen, &dir);
 			if (!proto)
 				return;
 			struct l7_flow fl = {.proto = proto, .dir = dir};
@@ -417,6 +473,17 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 	if (!proto)
 		return;
 
+	/* A match: now copy the payload, up to the cap. */
+	__u32 zero = 0;
+	struct ev_l7 *ev = bpf_map_lookup_elem(&sl_l7_buf, &zero);
+	if (!ev)
+		return;
+	__u32 n = plen < cfg->l7_cap ? plen : cfg->l7_cap;
+	/* The verifier needs n in [1, SLUICE_L7_CAP] for the copy below. */
+	if (n == 0 || n > SLUICE_L7_CAP)
+		return;
+	if (bpf_skb_load_bytes(skb, off, ev->data, n))
+		return;
 	__be32 seq;
 	if (bpf_skb_load_bytes(skb, p->l4off + 4, &seq, 4))
 		return;
@@ -436,6 +503,7 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 	ev->cap_len = n;
 	__builtin_memcpy(ev->saddr, p->saddr, 16);
 	__builtin_memcpy(ev->daddr, p->daddr, 16);
+	count(&sl_tc_stats, TCS_L7, plen);
 	if (bpf_ringbuf_output(&sl_events, ev, SLUICE_EV_L7_HDR + n, 0))
 		ev_lost(EVL_L7);
 }
@@ -462,13 +530,20 @@ static __always_inline int handle(struct __sk_buff *skb, int ingress)
 	struct tc_config *cfg = bpf_map_lookup_elem(&sl_tc_cfg, &zero);
 	if (!cfg || (!cfg->nforwards && !cfg->nredirects && !cfg->l7_cap))
 		return TCX_NEXT;
-	/* Headers may sit in paged data (GRO/GSO skbs): pull what we parse. */
-	__u32 want = skb->len < 256 ? skb->len : 256;
-	if ((void *)(long)skb->data + want > (void *)(long)skb->data_end)
-		bpf_skb_pull_data(skb, want);
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct pkt p = {};
-	if (parse_pkt(data, end, &p) != PARSE_OK)
+	int r = parse_pkt(data, end, &p);
+	/* Headers may sit in paged data (GRO/GSO skbs): only then, pull the
+	 * first bytes into the linear area and parse again. */
+	if ((r != PARSE_OK || (p.flags & PKT_F_L4_BAD)) && end - data < skb->len) {
+		__u32 want = skb->len < 256 ? skb->len : 256;
+		bpf_skb_pull_data(skb, want);
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		__builtin_memset(&p, 0, sizeof(p));
+		r = parse_pkt(data, end, &p);
+	}
+	if (r != PARSE_OK)
 		return TCX_NEXT;
 	if (ingress && cfg->nredirects)
 		learn_peer(skb);

@@ -32,6 +32,8 @@
 #define PKT_F_L4_BAD 0x4    /* L4 header truncated or ext-header bound hit */
 #define PKT_F_RTHDR 0x8     /* IPv6 routing header: the pseudo-header uses the
 			     * final destination, so NAT leaves it alone */
+#define PKT_F_FRAGMENTED 0x10 /* any fragment, the first included (MF or an
+			       * offset; an IPv6 fragment header) */
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -116,6 +118,7 @@ static __always_inline int parse_ipv6(void *cur, void *end, struct pkt *p, void 
 				goto l4_bad;
 			nexthdr = fh->nexthdr;
 			p->l4proto = nexthdr;
+			p->flags |= PKT_F_FRAGMENTED;
 			if (bpf_ntohs(fh->frag_off) & 0xfff8) {
 				p->flags |= PKT_F_FRAG;
 				return PARSE_OK;
@@ -146,6 +149,8 @@ static __always_inline int parse_ipv4(void *cur, void *end, struct pkt *p, void 
 	p->l4proto = ip->protocol;
 	__builtin_memcpy(p->saddr, &ip->saddr, 4);
 	__builtin_memcpy(p->daddr, &ip->daddr, 4);
+	if (bpf_ntohs(ip->frag_off) & 0x3fff) /* MF or an offset */
+		p->flags |= PKT_F_FRAGMENTED;
 	if (bpf_ntohs(ip->frag_off) & 0x1fff) {
 		p->flags |= PKT_F_FRAG;
 		return PARSE_OK;

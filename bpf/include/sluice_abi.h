@@ -416,7 +416,8 @@ enum tc_stat_idx {
 	TCS_SKIPPED = 4,   /* TCP/UDP but not translatable: fragment, IPv6
 			    * routing header or truncated L4 header */
 	TCS_ERROR = 5,     /* a helper failed; packet passed unchanged */
-	TCS_COUNT = 6,
+	TCS_L7 = 6,        /* L7 captures attempted (delivered + lost) */
+	TCS_COUNT = 7,
 };
 
 #ifdef __bpf__

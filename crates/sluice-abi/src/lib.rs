@@ -429,9 +429,17 @@ pub mod tc {
     pub const STAT_REDIRECT: u32 = 3;
     pub const STAT_SKIPPED: u32 = 4;
     pub const STAT_ERROR: u32 = 5;
-    pub const STAT_COUNT: u32 = 6;
-    pub const STAT_NAMES: [&str; STAT_COUNT as usize] =
-        ["dnat", "snat", "new_flows", "redirected", "skipped", "errors"];
+    pub const STAT_L7: u32 = 6;
+    pub const STAT_COUNT: u32 = 7;
+    pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
+        "dnat",
+        "snat",
+        "new_flows",
+        "redirected",
+        "skipped",
+        "errors",
+        "l7_captures",
+    ];
 }
 
 /// `struct fwd_key`: the service address (network order) a client sends to.
@@ -771,6 +779,7 @@ mod header_sync {
             ("TCS_REDIRECT", tc::STAT_REDIRECT),
             ("TCS_SKIPPED", tc::STAT_SKIPPED),
             ("TCS_ERROR", tc::STAT_ERROR),
+            ("TCS_L7", tc::STAT_L7),
             ("TCS_COUNT", tc::STAT_COUNT),
         ] {
             assert_eq!(get(n), v as i64, "{n}");

@@ -1,6 +1,6 @@
 //! Benchmarks of forwarding (port forwarding / service DNAT) and redirect
 //! at TC. Run as root with `cargo bench --bench forward` (release profile,
-//! about 100 s).
+//! about 85 s).
 //!
 //! It measures three things and prints them as Markdown tables; it asserts
 //! nothing about speed and fails only if the setup is broken (a wrong
@@ -29,10 +29,13 @@
 //!    entry.
 //! 2. **Bulk TCP throughput** between two lab namespaces (`bf-a`, `bf-b`, lab
 //!    number 80), direct to b and through a `sluice forward add VIP:PORT
-//!    B:PORT` of a real `sluice run` daemon managing the lab's veths: iperf3
+//!    B:PORT` of a real `sluice run` daemon managing the lab's veths (with
+//!    L7 capture off, see [`DAEMON_CONFIG`]): iperf3
 //!    for [`IPERF_SECS`], a -> b and b -> a (`-R`), [`RUNS`] runs of each
-//!    variant, interleaved. The direct runs use servers on other ports of b
-//!    (see [`IPERF_PORT_DIRECT`]) and must translate nothing.
+//!    variant, interleaved. Every forwarded run has its own service ports
+//!    on the VIP (see [`IPERF_VIP_BASE`]); the direct runs use servers on
+//!    other ports of b (see [`IPERF_PORT_DIRECT`]) and must translate
+//!    nothing.
 //! 3. **New-flow cost**: [`CONNS`] sequential TCP connect + close from `bf-a`
 //!    to a server in `bf-b`, direct and through a forward, as connections/s.
 //!
@@ -44,6 +47,7 @@
 mod common;
 
 use std::{
+    collections::BTreeMap,
     io::Read,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::Path,
@@ -109,19 +113,36 @@ const NAIVE_PORT: u16 = 40001;
 const LAB_NAME: &str = "bf";
 const LAB_NUMBER: u8 = 80;
 const LAB_GLOB: &str = "bf-*";
+/// The daemon's config beyond socket, state and pins: L7 capture (on by
+/// default) off, so that the TC programs do forwarding only and the direct
+/// runs are a baseline without it.
+const DAEMON_CONFIG: &str = "l7_capture_bytes = 0\n";
 /// The virtual service address the forwards match (routed to the host by
 /// bf-a's default route; translated at the ingress of bf-a).
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 80);
-/// Ports of the forward targets on b (the VIP uses the same ones).
+/// Ports of the forward targets on b.
 const IPERF_PORT: u16 = 5201;
 const CONN_PORT: u16 = 7000;
-/// Ports of the servers the direct runs use. They must differ from the
-/// forward targets' ports: translation state outlives a flow (120 s after
-/// a FIN), and a direct connection whose reply tuple (b:port -> a:client
-/// port) equals a finished forwarded flow's gets its replies rewritten to
-/// come from the VIP, so it stalls.
+/// Port of the iperf3 server the direct runs use. It (like
+/// [`CONN_DIRECT_BASE`]) must differ from the forward targets' ports:
+/// translation state outlives a flow (up to 120 s after a FIN), and a
+/// direct connection whose reply tuple (b:port -> a:client port) equals a
+/// finished forwarded flow's gets its replies rewritten to come from the
+/// VIP, so it stalls.
 const IPERF_PORT_DIRECT: u16 = 5202;
-const CONN_PORT_DIRECT: u16 = 7001;
+/// The direct connection runs (0 = warm-up) go to `base + run` on b, so
+/// that, as for the forwarded runs, no run meets another's TIME_WAIT
+/// sockets when the client picks its local ports.
+const CONN_DIRECT_BASE: u16 = 7200;
+/// Each forwarded run (0 = warm-up) has its own service ports on the VIP,
+/// `base + run`, forwarded to [`IPERF_PORT`] and [`CONN_PORT`] on b. A
+/// client reusing a local port towards the same service within 120 s can
+/// hit a translation entry whose reverse half already expired (an RST in
+/// one direction gives it 10 s instead of 120 s); that connection then
+/// never completes. Fresh service ports per run keep the runs from
+/// meeting each other's state.
+const IPERF_VIP_BASE: u16 = 5300;
+const CONN_VIP_BASE: u16 = 7100;
 const IPERF_SECS: u32 = 5;
 /// Runs of each end-to-end variant; the median and the spread are reported.
 const RUNS: usize = 3;
@@ -438,9 +459,6 @@ fn bench_test_run() -> Result<(Vec<TcRow>, Naive)> {
     prime_flow(&mut fwd, slot4, c4, s4, t4)?;
     prime_flow(&mut fwd, slot6, c6, s6, t6)?;
     // Nothing else in any dataplane rewrites these.
-    if std::env::var_os("SKIP_TR").is_some() {
-        return Ok((Vec::new(), Naive { ns: 0.0, translated: 0 }));
-    }
     let (v, out) = none.run_once(&tcp_frame(c4, s4))?;
     ensure!(
         v == TCX_NEXT && ends(&out)? == (c4, s4),
@@ -566,7 +584,7 @@ fn bench_test_run() -> Result<(Vec<TcRow>, Naive)> {
 /// A daemon managing the bench lab, with forward helpers.
 impl BenchDaemon {
     fn start(glob: &str, ifaces: &[&str]) -> Result<Self> {
-        let mut d = BenchDaemon::spawn(PinGuard::new("sluice-benchfwd", "")?, "", &["--iface", glob])?;
+        let mut d = BenchDaemon::spawn(PinGuard::new("sluice-benchfwd", "")?, DAEMON_CONFIG, &["--iface", glob])?;
         let took = d.wait_ready(&format!("attach XDP and tcx to {ifaces:?}"), |d| {
             let st = d.json(&["status"])?;
             let Some(list) = st["interfaces"].as_array() else {
@@ -589,14 +607,15 @@ impl BenchDaemon {
         v["id"].as_u64().with_context(|| format!("no id in {v}"))
     }
 
-    /// Packets a forward translated, both directions.
-    fn forward_packets(&self, id: u64) -> Result<u64> {
+    /// Packets and bytes each forward translated, both directions, by id.
+    fn forward_counters(&self) -> Result<BTreeMap<u64, (u64, u64)>> {
         let v = self.json(&["forward", "list"])?;
-        let row = v
-            .as_array()
-            .and_then(|a| a.iter().find(|r| r["id"] == id))
-            .with_context(|| format!("no forward {id} in {v}"))?;
-        row["packets"].as_u64().with_context(|| format!("no packets in {row}"))
+        let mut out = BTreeMap::new();
+        for row in v.as_array().with_context(|| format!("not a list: {v}"))? {
+            let field = |k: &str| row[k].as_u64().with_context(|| format!("no {k} in {row}"));
+            out.insert(field("id")?, (field("packets")?, field("bytes")?));
+        }
+        Ok(out)
     }
 }
 
@@ -738,6 +757,10 @@ struct PathRuns {
     retr_up: Vec<u64>,
     retr_down: Vec<u64>,
     conns_per_s: Vec<f64>,
+    /// Packets (skbs) and bytes the iperf3 forward translated in the run
+    /// (both tests, both directions; 0 for direct runs).
+    iperf_skbs: Vec<u64>,
+    iperf_bytes: Vec<u64>,
 }
 
 struct LabResult {
@@ -752,32 +775,39 @@ fn bench_lab() -> Result<LabResult> {
     let mut d = BenchDaemon::start(LAB_GLOB, &[&a.host_if, &b.host_if])?;
     let on_b = |port| SocketAddr::new(IpAddr::V4(b.ns_v4), port);
     let (b_iperf, b_conn) = (on_b(IPERF_PORT), on_b(CONN_PORT));
-    let (direct_iperf, direct_conn) = (on_b(IPERF_PORT_DIRECT), on_b(CONN_PORT_DIRECT));
+    let direct_iperf = on_b(IPERF_PORT_DIRECT);
     let mut servers = Vec::new();
     for port in [IPERF_PORT, IPERF_PORT_DIRECT] {
         servers.push(iperf_server(&b, port)?);
     }
     let fwd_server = AcceptServer::start(&b, b_conn)?;
-    let direct_server = AcceptServer::start(&b, direct_conn)?;
-    let vip_iperf = SocketAddr::new(IpAddr::V4(VIP), IPERF_PORT);
-    let vip_conn = SocketAddr::new(IpAddr::V4(VIP), CONN_PORT);
-    let f_iperf = d.add_forward(vip_iperf, b_iperf)?;
-    let f_conn = d.add_forward(vip_conn, b_conn)?;
-    eprintln!("  forwards: {vip_iperf} -> {b_iperf} (id {f_iperf}), {vip_conn} -> {b_conn} (id {f_conn})");
-    eprintln!("  direct runs go to {direct_iperf} and {direct_conn}");
-
-    if std::env::var_os("FWD_DEBUG").is_some() {
-        debug_conns(&a, &d, vip_conn, &fwd_server)?;
-        return Ok(LabResult {
-            direct: PathRuns::default(),
-            forward: PathRuns::default(),
-        });
+    let mut direct_servers = Vec::new();
+    for run in 0..=RUNS as u16 {
+        direct_servers.push(AcceptServer::start(&b, on_b(CONN_DIRECT_BASE + run))?);
     }
+    // (VIP iperf service, its forward id, VIP connection service, its id)
+    // of the warm-up (0) and of each forwarded run.
+    let mut vips = Vec::new();
+    for run in 0..=RUNS as u16 {
+        let vi = SocketAddr::new(IpAddr::V4(VIP), IPERF_VIP_BASE + run);
+        let vc = SocketAddr::new(IpAddr::V4(VIP), CONN_VIP_BASE + run);
+        vips.push((vi, d.add_forward(vi, b_iperf)?, vc, d.add_forward(vc, b_conn)?));
+    }
+    eprintln!(
+        "  {} forwards: {VIP}:{IPERF_VIP_BASE}+run -> {b_iperf}, {VIP}:{CONN_VIP_BASE}+run -> {b_conn} (run 0 = warm-up)",
+        vips.len() * 2
+    );
+    eprintln!(
+        "  direct runs go to {direct_iperf} and {}:{CONN_DIRECT_BASE}+run",
+        b.ns_v4
+    );
+    let (vip_iperf, _, vip_conn, _) = vips[0];
+
     eprintln!("  warm-up (not reported): 1 s iperf3 and 200 connections each way");
     for dst in [direct_iperf, vip_iperf] {
         iperf(&a, dst, 1, false)?;
     }
-    connect_close(&a, direct_conn, 200, &direct_server)?;
+    connect_close(&a, direct_servers[0].addr, 200, &direct_servers[0])?;
     connect_close(&a, vip_conn, 200, &fwd_server)?;
     std::thread::sleep(SETTLE);
 
@@ -785,22 +815,39 @@ fn bench_lab() -> Result<LabResult> {
         direct: PathRuns::default(),
         forward: PathRuns::default(),
     };
-    for round in 1..=RUNS {
-        for forwarded in [false, true] {
+    for (round, &(vip_iperf, f_iperf, vip_conn, f_conn)) in vips.iter().enumerate().skip(1) {
+        // Alternate which path goes first, so neither always runs on a
+        // machine just warmed (or disturbed) by the other.
+        let order = if round % 2 == 1 { [false, true] } else { [true, false] };
+        for forwarded in order {
             let (name, iperf_dst, conn_dst, server, runs) = if forwarded {
                 ("forward", vip_iperf, vip_conn, &fwd_server, &mut res.forward)
             } else {
-                ("direct", direct_iperf, direct_conn, &direct_server, &mut res.direct)
+                let s = &direct_servers[round];
+                ("direct", direct_iperf, s.addr, s, &mut res.direct)
             };
-            let p0 = (d.forward_packets(f_iperf)?, d.forward_packets(f_conn)?);
+            let p0 = d.forward_counters()?;
             let (up, ru) = iperf(&a, iperf_dst, IPERF_SECS, false)?;
             let (down, rd) = iperf(&a, iperf_dst, IPERF_SECS, true)?;
             let took = connect_close(&a, conn_dst, CONNS, server)?;
             // The last connections' FIN exchanges finish after the server
             // accepted them: let them pass before reading the counters.
             std::thread::sleep(SETTLE);
-            let p1 = (d.forward_packets(f_iperf)?, d.forward_packets(f_conn)?);
-            let (di, dc) = (p1.0 - p0.0, p1.1 - p0.1);
+            let p1 = d.forward_counters()?;
+            let delta = |id: u64| {
+                let (a, b) = (
+                    p1.get(&id).copied().unwrap_or_default(),
+                    p0.get(&id).copied().unwrap_or_default(),
+                );
+                (a.0 - b.0, a.1 - b.1)
+            };
+            let ((di, di_bytes), (dc, _)) = (delta(f_iperf), delta(f_conn));
+            let total: u64 = p1.keys().map(|id| delta(*id).0).sum();
+            ensure!(
+                total == di + dc || !forwarded,
+                "forward run {round}: other forwards translated {} packets",
+                total - di - dc
+            );
             if forwarded {
                 // At least the SYN, SYN-ACK, ACK and FINs of every connection.
                 ensure!(
@@ -809,8 +856,8 @@ fn bench_lab() -> Result<LabResult> {
                 );
             } else {
                 ensure!(
-                    di == 0 && dc == 0,
-                    "direct run {round}: a forward translated {di} / {dc} packets"
+                    total == 0,
+                    "direct run {round}: the forwards translated {total} packets"
                 );
             }
             let cps = CONNS as f64 / took.as_secs_f64();
@@ -823,9 +870,11 @@ fn bench_lab() -> Result<LabResult> {
             runs.retr_up.push(ru);
             runs.retr_down.push(rd);
             runs.conns_per_s.push(cps);
+            runs.iperf_skbs.push(di);
+            runs.iperf_bytes.push(di_bytes);
         }
     }
-    drop((fwd_server, direct_server));
+    drop((fwd_server, direct_servers));
     drop(servers);
     eprintln!("  sluice down");
     d.down()?;
@@ -898,6 +947,13 @@ fn main() -> Result<()> {
         median_f(&fw.up) / median_f(&dr.up),
         median_f(&fw.down) / median_f(&dr.down)
     );
+    let (skbs, bytes): (u64, u64) = (fw.iperf_skbs.iter().sum(), fw.iperf_bytes.iter().sum());
+    let secs = (2 * IPERF_SECS) as f64 * fw.iperf_skbs.len() as f64;
+    println!(
+        "During the forwarded iperf3 runs the TC programs translated {:.0} k skbs/s (both directions), {:.0} bytes per skb on average.",
+        skbs as f64 / secs / 1e3,
+        bytes as f64 / skbs.max(1) as f64
+    );
     println!();
     println!("New flows: {CONNS} sequential TCP connect + close from {LAB_NAME}-a, median of {RUNS} runs (min–max):");
     println!();
@@ -916,88 +972,5 @@ fn main() -> Result<()> {
         median_f(&fw.conns_per_s) / median_f(&dr.conns_per_s)
     );
     eprintln!("done in {:.0?}", started.elapsed());
-    Ok(())
-}
-
-fn dump_ct(d: &BenchDaemon, port: u16) -> Result<()> {
-    let data = MapData::from_pin(d.pins.0.join(tc::CT))?;
-    let ct: BpfHashMap<MapData, CtKey, CtVal> = BpfHashMap::try_from(Map::from_map_data(data)?)?;
-    let now = sluice::limits::monotonic_ns();
-    for kv in ct.iter() {
-        let (k, v) = kv?;
-        if u16::from_be(k.sport) == port || u16::from_be(k.dport) == port {
-            eprintln!(
-                "    ct {}:{} -> {}:{} dir {} state {} to {}:{} age {:.1}s",
-                Ipv4Addr::from(<[u8; 4]>::try_from(&k.saddr[..4]).unwrap()),
-                u16::from_be(k.sport),
-                Ipv4Addr::from(<[u8; 4]>::try_from(&k.daddr[..4]).unwrap()),
-                u16::from_be(k.dport),
-                v.dir,
-                v.state,
-                Ipv4Addr::from(<[u8; 4]>::try_from(&v.addr[..4]).unwrap()),
-                u16::from_be(v.port),
-                (now - v.last_ns) as f64 / 1e9
-            );
-        }
-    }
-    Ok(())
-}
-
-fn debug_conns(a: &LabHost, d: &BenchDaemon, dst: SocketAddr, server: &AcceptServer) -> Result<()> {
-    let mut dump = Command::new("tcpdump")
-        .args(["-i", "bf-a", "-w", "/tmp/fwddbg-a.pcap", "-U", "tcp port 7000"])
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut dump2 = Command::new("tcpdump")
-        .args(["-i", "bf-b", "-w", "/tmp/fwddbg-b.pcap", "-U", "tcp port 7000"])
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
-    let start = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let (st, dn, a2) = (start.clone(), done.clone(), a.clone());
-    let t0 = Instant::now();
-    let h = std::thread::spawn(move || {
-        a2.in_netns(move || {
-            for i in 0..20000u64 {
-                if i % 2000 == 0 {
-                    std::thread::sleep(Duration::from_secs(15));
-                }
-                st.store(t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
-                if let Err(e) = TcpStream::connect_timeout(&dst, Duration::from_secs(200)) {
-                    eprintln!("  conn {i} failed: {e}");
-                }
-                if i % 2000 == 1999 {
-                    eprintln!("  {} done at {:.1?}", i + 1, t0.elapsed());
-                }
-            }
-            dn.store(true, Ordering::SeqCst);
-        })
-    });
-    let mut reported = 0u64;
-    while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
-        let s0 = start.load(Ordering::SeqCst);
-        let age = t0.elapsed().as_nanos() as u64 - s0;
-        if age > 1_500_000_000 && reported != s0 {
-            reported = s0;
-            let out = a.exec(&["ss", "-tanH", "state", "syn-sent"])?;
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            eprintln!("  STALL: {text}");
-            for w in text.split_whitespace() {
-                if let Some((ip, port)) = w.rsplit_once(':') {
-                    if ip == "198.18.161.2" {
-                        dump_ct(d, port.parse()?)?;
-                    }
-                }
-            }
-        }
-    }
-    let _ = h.join();
-    let _ = server.accepted();
-    let _ = dump.kill();
-    let _ = dump.wait();
-    let _ = dump2.kill();
-    let _ = dump2.wait();
     Ok(())
 }

@@ -190,13 +190,15 @@ impl ConnState {
         if rel > 0 {
             // Early: wait for the hole, within bounds.
             st.pending_bytes += s.data.len();
-            st.pending.insert(s.seq, (s.ts_ns, s.payload_len, s.data));
+            if let Some(old) = st.pending.insert(s.seq, (s.ts_ns, s.payload_len, s.data)) {
+                st.pending_bytes -= old.2.len(); // a retransmission replaced it
+            }
             if st.pending_bytes > MAX_PENDING || st.pending.len() > 256 {
                 self.skip_hole(dir, out);
             }
             return;
         }
-        let skip = (-rel) as u32; // bytes already delivered (retransmission)
+        let skip = next.wrapping_sub(s.seq); // bytes already delivered (retransmission)
         if skip >= s.payload_len {
             return; // a pure duplicate
         }
@@ -286,9 +288,13 @@ impl Assembler {
         };
         let mut done = Vec::new();
         if !self.conns.contains_key(&key) && self.conns.len() >= MAX_CONNS {
-            // Full: forget the least recently seen connection.
-            if let Some(old) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k) {
-                done.extend(self.flush(old));
+            // Full: forget the least recently seen sixteenth in one pass, so
+            // a flood of new connections costs one scan per 4096, not each.
+            let mut by_age: Vec<(u64, ConnKey)> = self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+            let n = MAX_CONNS / 16;
+            by_age.select_nth_unstable_by_key(n, |(t, _)| *t);
+            for (_, k) in by_age.into_iter().take(n) {
+                done.extend(self.flush(k));
             }
         }
         let st = self.conns.entry(key).or_insert_with(|| ConnState {
@@ -386,8 +392,10 @@ pub struct L7Metrics {
     pub segments: Arc<AtomicU64>,
     /// Records the store could not keep up with (queue full).
     pub store_dropped: Arc<AtomicU64>,
-    /// Records written to the store.
+    /// Records written to the store (or failed to write: logged).
     pub stored: Arc<AtomicU64>,
+    /// Records queued for the store.
+    pub queued: Arc<AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -405,6 +413,7 @@ impl Default for L7Metrics {
             segments: Arc::default(),
             store_dropped: Arc::default(),
             stored: Arc::default(),
+            queued: Arc::default(),
         }
     }
 }
@@ -493,9 +502,23 @@ impl AuditStore {
 
     /// Queues a record; a full queue drops it and counts the drop.
     pub fn push(&self, r: L7Record) {
-        if self.tx.try_send(r).is_err() {
-            self.metrics.store_dropped.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(r) {
+            Ok(()) => self.metrics.queued.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.metrics.store_dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Waits (up to `timeout`) until every queued record is written: the
+    /// daemon's shutdown, so no record paired before it is lost.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        while self.metrics.stored.load(Ordering::Relaxed) < self.metrics.queued.load(Ordering::Relaxed) {
+            if t0.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+        true
     }
 
     /// Records, oldest first: the newest `limit` matching the filters.
@@ -533,7 +556,20 @@ impl AuditStore {
 
 fn write_loop(mut c: Connection, rx: mpsc::Receiver<L7Record>, ret: Retention, stored: Arc<AtomicU64>) {
     let mut since_prune = 0u64;
-    while let Ok(first) = rx.recv() {
+    let mut last_prune = std::time::Instant::now();
+    loop {
+        // Retention also runs on a quiet host: at least once a minute.
+        let first = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = prune(&c, ret) {
+                    tracing::warn!(error = %e, "pruning the audit log");
+                }
+                last_prune = std::time::Instant::now();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         // Batch whatever is queued into one transaction.
         let mut batch = vec![first];
         while batch.len() < 2048 {
@@ -555,14 +591,14 @@ fn write_loop(mut c: Connection, rx: mpsc::Receiver<L7Record>, ret: Retention, s
             tx.commit()
         })();
         match res {
-            Ok(()) => {
-                stored.fetch_add(n, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(e) => tracing::error!(error = %e, records = n, "writing the audit log"),
         }
+        stored.fetch_add(n, Ordering::Relaxed);
         since_prune += n;
-        if since_prune >= 1000 {
+        if since_prune >= 1000 || last_prune.elapsed() > Duration::from_secs(60) {
             since_prune = 0;
+            last_prune = std::time::Instant::now();
             if let Err(e) = prune(&c, ret) {
                 tracing::warn!(error = %e, "pruning the audit log");
             }

@@ -879,7 +879,10 @@ fn l7_line(r: &sluice::audit::L7Record) -> String {
         }) => format!("err {c} {}", error_message.as_deref().unwrap_or("")),
         _ => r.status.clone(),
     };
-    let mut req = req.replace(['\n', '\r'], " ");
+    // Bytes from the network: no control characters reach the terminal.
+    let clean = |s: &str| -> String { s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect() };
+    let mut req = clean(&req);
+    let resp = clean(&resp);
     if req.chars().count() > 80 {
         req = req.chars().take(77).collect::<String>() + "...";
     }
@@ -901,12 +904,24 @@ fn l7_line(r: &sluice::audit::L7Record) -> String {
 async fn l7(proto: Option<String>, since: Option<String>, limit: usize, follow: bool, c: &ClientOpts) -> Result<()> {
     let client = Client::new(&c.socket);
     if !follow {
+        // Query values are percent-encoded (a duration may hold spaces).
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect()
+        };
         let mut q = vec![format!("limit={limit}")];
         if let Some(p) = &proto {
-            q.push(format!("proto={p}"));
+            q.push(format!("proto={}", enc(p)));
         }
         if let Some(s) = &since {
-            q.push(format!("since={s}"));
+            q.push(format!("since={}", enc(s)));
         }
         let v: Vec<sluice::audit::L7Record> = client.get(&format!("/v1/l7?{}", q.join("&"))).await?;
         if c.json {
@@ -917,11 +932,13 @@ async fn l7(proto: Option<String>, since: Option<String>, limit: usize, follow: 
         }
         return Ok(());
     }
-    if let Some(p) = &proto {
-        if sluice::l7::Proto::parse(p).is_none() {
-            anyhow::bail!("unknown protocol {p:?}: http, redis or mysql");
-        }
-    }
+    let want = match &proto {
+        Some(p) => Some(
+            sluice::l7::Proto::parse(p)
+                .ok_or_else(|| anyhow::anyhow!("unknown protocol {p:?}: http, redis or mysql"))?,
+        ),
+        None => None,
+    };
     let json = c.json;
     client
         .follow("/v1/events?kind=l7", |event, data| {
@@ -932,7 +949,7 @@ async fn l7(proto: Option<String>, since: Option<String>, limit: usize, follow: 
             let Event::L7(r) = serde_json::from_str::<Event>(data)? else {
                 return Ok(());
             };
-            if proto.as_deref().is_some_and(|p| p != r.proto.as_str()) {
+            if want.is_some_and(|p| p != r.proto) {
                 return Ok(());
             }
             if json {

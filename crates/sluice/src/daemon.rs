@@ -226,6 +226,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     tracing::info!(socket = %cfg.socket.display(), "serving the API; `sluice status` to check, Ctrl-C to stop");
     let stopping = state.clone();
+    let audit_store = state.audit.clone();
     axum::serve(listener, api::app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -236,6 +237,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     watcher.abort();
     nat_gc.abort();
     reader.abort();
+    if let Some(a) = &audit_store {
+        if !a.flush(Duration::from_secs(5)) {
+            tracing::warn!("the audit log writer did not catch up within 5 s; some L7 records are not stored");
+        }
+    }
     if let Some(j) = jsonl {
         j.abort();
     }

@@ -472,10 +472,19 @@ pub async fn read_ring(ring: aya::maps::RingBuf<aya::maps::MapData>, hub: Arc<Hu
             }
         };
         let ring = guard.get_inner_mut();
+        // A bounded batch per wakeup, so the housekeeping tick still runs
+        // under a sustained stream; readiness stays set if records remain.
+        let mut n = 0;
         while let Some(item) = ring.next() {
             hub.ingest(&mut dec, &item);
+            n += 1;
+            if n == 8192 {
+                break;
+            }
         }
-        guard.clear_ready();
+        if n < 8192 {
+            guard.clear_ready();
+        }
     }
 }
 

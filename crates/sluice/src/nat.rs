@@ -18,7 +18,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use sluice_abi::{tc, Counter, CtVal, FwdKey, FwdRule, FwdTarget, RedirVal};
+use sluice_abi::{tc, Counter, CtKey, CtVal, FwdKey, FwdRule, FwdTarget, RedirVal};
 
 use crate::{
     dataplane::{DataplaneError, NatTables},
@@ -409,6 +409,9 @@ pub struct Nat {
     tables: Option<NatTables>,
     forwards: BTreeMap<i64, Forward>,
     redirects: BTreeMap<i64, Redirect>,
+    /// Last slot handed out, per kind: slots are reused round-robin.
+    last_fwd_slot: Option<u32>,
+    last_redir_slot: Option<u32>,
 }
 
 fn now_unix() -> i64 {
@@ -418,9 +421,36 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn free_slot(used: impl Iterator<Item = u32>, cap: u32, what: &'static str) -> Result<u32, NatError> {
+/// A free slot, searching round-robin from `after + 1`: a slot freed by a
+/// delete is reused as late as possible, so state a packet in flight
+/// created for the old rule has expired (or been collected) by then.
+fn free_slot(
+    used: impl Iterator<Item = u32>,
+    cap: u32,
+    after: Option<u32>,
+    what: &'static str,
+) -> Result<u32, NatError> {
     let used: HashSet<u32> = used.collect();
-    (0..cap).find(|s| !used.contains(s)).ok_or(NatError::Full(cap, what))
+    let start = after.map_or(0, |a| (a + 1) % cap);
+    (0..cap)
+        .map(|i| (start + i) % cap)
+        .find(|s| !used.contains(s))
+        .ok_or(NatError::Full(cap, what))
+}
+
+/// The other direction's key of a translation-state entry.
+fn partner(k: &CtKey, v: &CtVal) -> CtKey {
+    // DNAT (client -> service, to target): the reply is target -> client.
+    // SNAT (target -> client, from service): the request is client -> service.
+    CtKey {
+        family: k.family,
+        proto: k.proto,
+        sport: v.port,
+        dport: k.sport,
+        _pad: 0,
+        saddr: v.addr,
+        daddr: k.saddr,
+    }
 }
 
 impl Nat {
@@ -432,6 +462,8 @@ impl Nat {
             redirects: BTreeMap::new(),
             store,
             tables,
+            last_fwd_slot: None,
+            last_redir_slot: None,
         };
         for (id, slot, spec, created) in nat.store.json_rows(crate::store::FORWARDS)? {
             let spec: ForwardSpec =
@@ -461,6 +493,8 @@ impl Nat {
                 },
             );
         }
+        nat.last_fwd_slot = nat.forwards.values().map(|f| f.slot).max();
+        nat.last_redir_slot = nat.redirects.values().map(|r| r.slot).max();
         let rec = nat.reconcile()?;
         Ok((nat, rec))
     }
@@ -558,7 +592,12 @@ impl Nat {
             let p: Vec<String> = p.iter().map(|a| a.to_string()).collect();
             return Err(invalid(format!("forward loop: {}", p.join(" -> "))));
         }
-        let slot = free_slot(self.forwards.values().map(|f| f.slot), tc::MAX_FORWARDS, "forward")?;
+        let slot = free_slot(
+            self.forwards.values().map(|f| f.slot),
+            tc::MAX_FORWARDS,
+            self.last_fwd_slot,
+            "forward",
+        )?;
         let created = now_unix();
         let json = serde_json::to_string(&spec).expect("a forward spec serialises");
         let tx = self.store.begin()?;
@@ -580,6 +619,7 @@ impl Nat {
             spec,
             created,
         };
+        self.last_fwd_slot = Some(slot);
         self.forwards.insert(id, f.clone());
         self.publish_config()?;
         Ok(f)
@@ -638,13 +678,16 @@ impl Nat {
         })
     }
 
-    /// Live flows per forward slot (client -> service directions).
+    /// Live flows per forward slot: client -> service directions that
+    /// have not expired and whose reply direction was not reset.
     pub fn flow_counts(&self) -> HashMap<u32, u64> {
         let mut out = HashMap::new();
         if let Some(t) = &self.tables {
             let now = crate::limits::monotonic_ns();
-            for (k, v) in t.flows() {
-                if v.dir == tc::CT_DNAT && is_live(&v, k.proto, now) {
+            let all: HashMap<CtKey, CtVal> = t.flows().into_iter().collect();
+            for (k, v) in &all {
+                let reset = all.get(&partner(k, v)).is_some_and(|p| p.state == tc::CT_CLOSE);
+                if v.dir == tc::CT_DNAT && v.state != tc::CT_CLOSE && !reset && is_live(v, k.proto, now) {
                     *out.entry(v.slot).or_insert(0) += 1;
                 }
             }
@@ -674,10 +717,22 @@ impl Nat {
         let live_slots: HashSet<u32> = self.forwards.values().map(|f| f.slot).collect();
         let Some(t) = self.tables.as_mut() else { return Ok(0) };
         let mut n = 0;
-        for (k, v) in t.flows() {
-            if !is_live(&v, k.proto, now) || !live_slots.contains(&v.slot) {
-                t.remove_flow(&k)?;
+        let all: HashMap<CtKey, CtVal> = t.flows().into_iter().collect();
+        let mut gone = HashSet::new();
+        for (k, v) in &all {
+            if gone.contains(k) {
+                continue;
+            }
+            if !is_live(v, k.proto, now) || !live_slots.contains(&v.slot) {
+                t.remove_flow(k)?;
+                gone.insert(*k);
                 n += 1;
+                // A reset direction takes its partner along: the flow is over.
+                let p = partner(k, v);
+                if v.state == tc::CT_CLOSE && all.contains_key(&p) && gone.insert(p) {
+                    t.remove_flow(&p)?;
+                    n += 1;
+                }
             }
         }
         Ok(n)
@@ -697,7 +752,12 @@ impl Nat {
                 id: r.id,
             });
         }
-        let slot = free_slot(self.redirects.values().map(|r| r.slot), tc::MAX_REDIRECTS, "redirect")?;
+        let slot = free_slot(
+            self.redirects.values().map(|r| r.slot),
+            tc::MAX_REDIRECTS,
+            self.last_redir_slot,
+            "redirect",
+        )?;
         let created = now_unix();
         let json = serde_json::to_string(&spec).expect("a redirect spec serialises");
         let tx = self.store.begin()?;
@@ -712,6 +772,7 @@ impl Nat {
                 let _ = t.remove_redirect(key);
             }
         })?;
+        self.last_redir_slot = Some(slot);
         let r = Redirect {
             id,
             slot,

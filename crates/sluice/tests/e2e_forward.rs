@@ -396,6 +396,7 @@ fn forwards_and_their_flows_survive_a_daemon_restart_and_bad_input_changes_nothi
 
     // An established flow, then kill -9 and a new daemon.
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<String>>();
     spawn_in(a, move || {
         let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).unwrap();
@@ -409,12 +410,15 @@ fn forwards_and_their_flows_survive_a_daemon_restart_and_bad_input_changes_nothi
             r.read_line(&mut line).unwrap();
             seen.push(line.trim().to_string());
             if seen.len() == 1 {
+                first_tx.send(()).unwrap(); // established and answered
                 rx.recv().unwrap(); // wait for the restart
             }
         }
         done_tx.send(seen).unwrap();
     });
-    std::thread::sleep(Duration::from_millis(300));
+    first_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the first exchange");
     d.kill9();
     // While no daemon runs, new connections are still forwarded.
     assert!(tcp_connects(a, vip), "the forward keeps working with the daemon down");

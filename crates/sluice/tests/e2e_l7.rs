@@ -152,17 +152,22 @@ fn run_ok(mut c: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Audit records of a protocol, waiting until `n` are there.
-fn records(d: &Daemon, proto: &str, n: usize) -> Vec<Value> {
+/// Audit records of a protocol, waiting (up to 10 s) until `done` holds.
+fn records_until(d: &Daemon, proto: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let t0 = Instant::now();
     loop {
         let v = d.json(&["l7", "--proto", proto]);
         let v = v.as_array().unwrap().clone();
-        if v.len() >= n || t0.elapsed() > Duration::from_secs(10) {
+        if done(&v) || t0.elapsed() > Duration::from_secs(10) {
             return v;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Audit records of a protocol, waiting until `n` are there.
+fn records(d: &Daemon, proto: &str, n: usize) -> Vec<Value> {
+    records_until(d, proto, |v| v.len() >= n)
 }
 
 fn plausible(r: &Value) {
@@ -303,10 +308,13 @@ fn redis_commands_keys_replies_errors_and_pipelines() {
     })
     .unwrap();
     // redis-cli sends COMMAND DOCS at start on some versions: keep only ours.
-    let recs: Vec<Value> = records(&d, "redis", 14)
-        .into_iter()
-        .filter(|r| r["request"]["command"] != "COMMAND")
-        .collect();
+    let ours = |v: &[Value]| -> Vec<Value> {
+        v.iter()
+            .filter(|r| r["request"]["command"] != "COMMAND")
+            .cloned()
+            .collect()
+    };
+    let recs = ours(&records_until(&d, "redis", |v| ours(v).len() >= 14));
     let got: Vec<(String, String, String)> = recs
         .iter()
         .map(|r| {
@@ -378,7 +386,13 @@ fn mysql_queries_errors_and_schema_changes_with_a_real_mariadb() {
     .unwrap();
     // The last statement fails (1146), so the client exits non-zero.
     assert!(String::from_utf8_lossy(&out.stderr).contains("1146"), "{out:?}");
-    let recs = records(&d, "mysql", 6);
+    let has = |v: &[Value], needle: &str| {
+        v.iter()
+            .any(|r| r["request"]["query"].as_str().is_some_and(|q| q.contains(needle)))
+    };
+    let recs = records_until(&d, "mysql", |v| {
+        has(v, "nowhere") && has(v, "SELECT * FROM items") && v.iter().any(|r| r["request"]["command"] == "COM_INIT_DB")
+    });
     let find = |needle: &str| {
         recs.iter()
             .find(|r| r["request"]["query"].as_str().is_some_and(|q| q.contains(needle)))

@@ -39,7 +39,7 @@ impl Fixture {
         let cap = Capacity {
             max_rules: 64,
             limit_sources: 64,
-            max_flows: 1024,
+            max_flows: 16384,
             ..Default::default()
         };
         let (mut dp, _, _) = Dataplane::load(&pins.0, cap).expect("load");
@@ -125,6 +125,15 @@ fn round_trip(
 ) {
     let (client, service, target) = (sa(client), sa(service), sa(target));
     let payload = b"GET / HTTP/1.1\r\nHost: sluice\r\n\r\n";
+    if proto == "tcp" {
+        // A TCP flow starts with a SYN; mid-stream segments of an unknown
+        // flow are left alone.
+        let data = shape(frame(proto, client, service, payload)).build();
+        assert_eq!(f.run(&data, true).1, data, "no flow without a SYN");
+        let syn = shape(Packet::tcp(client.ip(), service.ip(), client.port(), service.port())).build();
+        let (_, out) = f.run(&syn, true);
+        assert_eq!(ends(&checked(&out)), (client, target), "the SYN is translated");
+    }
     let fwd = shape(frame(proto, client, service, payload)).build();
     checked(&fwd); // the input itself is well-formed
     let (v, out) = f.run(&fwd, true);
@@ -185,7 +194,7 @@ fn tcp_and_udp_over_ipv4_are_rewritten_and_reversed_with_valid_checksums() {
     );
     let list = f.nat.forwards().next().unwrap().slot;
     let c = f.nat.forward_counter(list).unwrap();
-    assert_eq!(c.packets, 6, "3 flows x (request + 2 replies) on rule 1");
+    assert_eq!(c.packets, 8, "2 TCP flows x (SYN + request + 2 replies) on rule 1");
 }
 
 #[test]
@@ -245,6 +254,13 @@ fn fragments_routing_headers_and_other_traffic_pass_untouched() {
         frame("tcp", sa("198.18.1.2:40000"), sa("198.18.9.9:80"), b"x")
             .with_frag_offset(10)
             .build(),
+        // A first fragment (MF set, offset 0) has ports, but the rest of the
+        // datagram would not follow it: not rewritten either.
+        {
+            let mut b = frame("udp", sa("198.18.1.2:40000"), sa("198.18.9.9:80"), b"x").build();
+            b[14 + 6] |= 0x20;
+            b
+        },
         // IPv6 fragment header with a non-zero offset.
         {
             let mut b = frame("tcp", sa("[2001:2:0:1::2]:40000"), sa("[2001:2:0:99::9]:80"), b"x")
@@ -272,8 +288,8 @@ fn fragments_routing_headers_and_other_traffic_pass_untouched() {
     let stats = f.nat.stats().unwrap();
     assert_eq!(stats["new_flows"].packets, 0, "{stats:?}");
     assert_eq!(
-        stats["skipped"].packets, 3,
-        "two fragments and a routing header: {stats:?}"
+        stats["skipped"].packets, 4,
+        "three fragments and a routing header: {stats:?}"
     );
 }
 
@@ -313,7 +329,7 @@ fn flows_spread_over_targets_and_each_flow_stays_put() {
     let mut seen = std::collections::HashMap::new();
     for port in 40000..40064u16 {
         let client = SocketAddr::new(ip("198.18.1.2"), port);
-        let fr = frame("tcp", client, sa("198.18.9.9:80"), b"x").build();
+        let fr = Packet::tcp(client.ip(), ip("198.18.9.9"), port, 80).build();
         let first = checked(&f.run(&fr, true).1).dst;
         for _ in 0..3 {
             assert_eq!(checked(&f.run(&fr, true).1).dst, first, "flow {port} moved");
@@ -413,16 +429,53 @@ fn translation_state_expires_by_tcp_state() {
     f.run(&tcp(41001, 0x02), true);
     f.run(&tcp(41001, 0x04), true);
     let slot = f.nat.forwards().next().unwrap().slot;
-    assert_eq!(f.nat.flow_counts().get(&slot), Some(&2));
+    assert_eq!(f.nat.flow_counts().get(&slot), Some(&1), "a reset flow is not live");
     let now = sluice::limits::monotonic_ns();
     assert_eq!(f.nat.gc_at(now).unwrap(), 0, "nothing is old yet");
-    // 11 s later: the reset flow's direction (10 s) is gone; the established
-    // one (2 h) and both half-open reply directions (60 s) stay.
-    assert_eq!(f.nat.gc_at(now + 11_000_000_000).unwrap(), 1);
+    // 11 s later: the reset flow (10 s) goes, both directions; the
+    // established one (2 h) and its half-open reply direction (60 s) stay.
+    assert_eq!(f.nat.gc_at(now + 11_000_000_000).unwrap(), 2);
     assert_eq!(f.nat.flow_counts().get(&slot), Some(&1));
-    // 61 s: the reply directions that never saw a packet go too.
-    assert_eq!(f.nat.gc_at(now + 61_000_000_000).unwrap(), 2);
+    // 61 s: the reply direction that never saw a packet goes too.
+    assert_eq!(f.nat.gc_at(now + 61_000_000_000).unwrap(), 1);
     // 2 h + 1 s: everything.
     assert_eq!(f.nat.gc_at(now + 7_201_000_000_000).unwrap(), 1);
     assert_eq!(f.nat.flow_counts().get(&slot), None);
+}
+
+#[test]
+fn udp_flows_seen_once_expire_as_one_way() {
+    let mut f = Fixture::new(&[("198.18.9.9:53/udp", &["198.18.2.2:53"])]);
+    let q = frame("udp", sa("198.18.1.2:41000"), sa("198.18.9.9:53"), b"q").build();
+    f.run(&q, true);
+    let now = sluice::limits::monotonic_ns();
+    // One packet, no answer: both directions go after the one-way 30 s.
+    assert_eq!(f.nat.gc_at(now + 31_000_000_000).unwrap(), 2);
+}
+
+#[test]
+fn a_direct_connection_reusing_an_old_forwarded_tuple_is_not_hijacked() {
+    let mut f = Fixture::new(&[("198.18.9.9:80", &["198.18.2.2:80"])]);
+    let (client, service, target) = (sa("198.18.1.2:42000"), sa("198.18.9.9:80"), sa("198.18.2.2:80"));
+    let syn = |dst: SocketAddr| Packet::tcp(client.ip(), dst.ip(), client.port(), dst.port()).build();
+    let synack = Packet::new(
+        target.ip(),
+        client.ip(),
+        L4::Tcp {
+            sport: target.port(),
+            dport: client.port(),
+            flags: 0x12,
+        },
+    )
+    .build();
+    // A forwarded flow: its SYN-ACK comes back from the service address.
+    f.run(&syn(service), true);
+    assert_eq!(ends(&checked(&f.run(&synack, true).1)).0, service);
+    // Later the client connects to the target directly from the same port:
+    // the old flow's reply entry must not rewrite this SYN-ACK.
+    f.run(&syn(target), true);
+    assert_eq!(f.run(&synack, true).1, synack, "the direct SYN-ACK passes untouched");
+    // And a new forwarded connection on that port works again.
+    f.run(&syn(service), true);
+    assert_eq!(ends(&checked(&f.run(&synack, true).1)).0, service);
 }

@@ -402,7 +402,7 @@ impl Dataplane {
         if self.tc.map(sluice_abi::tc::FORWARDS).is_none() {
             return Ok(None);
         }
-        Ok(Some(NatTables::new(&mut self.tc)?))
+        Ok(Some(NatTables::new(&mut self.tc, self.cap.max_flows)?))
     }
 
     /// A TC program (ingress or egress), for test_run.
@@ -567,6 +567,19 @@ impl Dataplane {
     /// ingress and egress, each pinned like the XDP link.
     fn attach_tc(&mut self, ifindex: u32) -> Result<Vec<(PathBuf, FdLink)>, DataplaneError> {
         let mut out = Vec::new();
+        let r = self.attach_tc_into(ifindex, &mut out);
+        if let Err(e) = r {
+            // All or nothing: one hook without the other would leave a
+            // program running that status reports as absent.
+            for (pin, _) in &out {
+                let _ = fs::remove_file(pin);
+            }
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    fn attach_tc_into(&mut self, ifindex: u32, out: &mut Vec<(PathBuf, FdLink)>) -> Result<(), DataplaneError> {
         for (prog_name, ty, tag) in [
             (sluice_abi::tc::INGRESS, TcAttachType::Ingress, "in"),
             (sluice_abi::tc::EGRESS, TcAttachType::Egress, "out"),
@@ -607,7 +620,7 @@ impl Dataplane {
             let link = if fresh { link.pin(&pin)?.into() } else { link };
             out.push((pin, link));
         }
-        Ok(out)
+        Ok(())
     }
 
     fn adopt(&mut self, pin: &Path) -> Result<FdLink, DataplaneError> {

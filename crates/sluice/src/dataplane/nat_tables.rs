@@ -24,6 +24,7 @@ pub struct NatTables {
     l7_ports: HashMap<MapData, u16, u8>,
     /// What `sl_tc_cfg` holds: rule counts and the L7 capture settings.
     cfg: TcConfig,
+    ct_capacity: u32,
     ncpus: usize,
 }
 
@@ -43,7 +44,7 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), DataplaneError> {
 }
 
 impl NatTables {
-    pub(super) fn new(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+    pub(super) fn new(ebpf: &mut Ebpf, ct_capacity: u32) -> Result<Self, DataplaneError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
             path: "/sys/devices/system/cpu/possible".into(),
@@ -63,6 +64,7 @@ impl NatTables {
                 abi_version: ABI_VERSION,
                 ..Default::default()
             },
+            ct_capacity,
             ncpus,
         })
     }
@@ -179,7 +181,16 @@ impl NatTables {
     /// Every translation-state entry. Entries may vanish or appear while
     /// this walks the map; that is fine for counting and expiry.
     pub fn flows(&self) -> Vec<(CtKey, CtVal)> {
-        self.ct.iter().filter_map(Result::ok).collect()
+        // get_next_key restarts from the first key when the cursor was
+        // evicted meanwhile: bound the walk so churn cannot make it endless.
+        let max = self.ct_capacity as usize;
+        let mut seen = std::collections::HashSet::new();
+        self.ct
+            .iter()
+            .take(max.saturating_mul(2))
+            .filter_map(Result::ok)
+            .filter(|(k, _)| seen.insert(*k))
+            .collect()
     }
 
     pub fn remove_flow(&mut self, key: &CtKey) -> Result<(), DataplaneError> {
