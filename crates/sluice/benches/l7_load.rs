@@ -146,7 +146,11 @@ impl BenchDaemon {
     }
 
     fn stored(&self) -> Result<u64> {
-        let c = rusqlite::Connection::open(self.state_dir().join("l7.db"))?;
+        let path = self.state_dir().join("l7.db");
+        if !path.exists() {
+            return Ok(0); // capture off: no audit log
+        }
+        let c = rusqlite::Connection::open(path)?;
         Ok(c.query_row("SELECT count(*) FROM l7", [], |r| r.get::<_, i64>(0))? as u64)
     }
 }
@@ -168,7 +172,7 @@ fn run_load(name: &str, d: &BenchDaemon, load: impl FnOnce() -> Result<u64>) -> 
     // Let the pipeline drain: records stop growing and the store catches up.
     let mut last = u64::MAX;
     let mut after = d.snap()?;
-    for _ in 0..100 {
+    for _ in 0..300 {
         std::thread::sleep(Duration::from_millis(200));
         after = d.snap()?;
         after.stored = d.stored()?;
@@ -221,7 +225,11 @@ fn wrk_load(a: &LabHost, b: &LabHost, secs: u32, conns: u32) -> Result<u64> {
         .output()
         .context("wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "wrk: {text}");
+    ensure!(
+        out.status.success(),
+        "wrk (apt-get install wrk): {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // "123456 requests in 10.00s, ..."
     let n = text
         .lines()

@@ -459,6 +459,17 @@ pub async fn read_ring(ring: aya::maps::RingBuf<aya::maps::MapData>, hub: Arc<Hu
             _ = tick.tick() => None,
         };
         let Some(ready) = ready else {
+            // L7 captures are written without a wakeup until 64 KiB wait:
+            // drain what is there on every tick.
+            let ring = fd.get_mut();
+            let mut n = 0;
+            while let Some(item) = ring.next() {
+                hub.ingest(&mut dec, &item);
+                n += 1;
+                if n == 65536 {
+                    break;
+                }
+            }
             for e in dec.l7_tick() {
                 hub.publish(e);
             }
