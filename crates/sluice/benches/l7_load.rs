@@ -138,21 +138,13 @@ impl BenchDaemon {
             lost_kernel: st["events"]["lost_kernel"]["l7"].as_u64().unwrap_or(0),
             attempted: st["forwarding"]["tc"]["l7_captures"]["packets"].as_u64().unwrap_or(0),
             segments: metric(&metrics, "sluice_l7_segments_total"),
-            stored: 0,
             store_dropped: metric(&metrics, "sluice_l7_store_dropped_total"),
+            stored: metric(&metrics, "sluice_l7_stored_total"),
             cpu: cpu_secs(self.pid())?,
             prog: tc_prog_stats(),
         })
     }
 
-    fn stored(&self) -> Result<u64> {
-        let path = self.state_dir().join("l7.db");
-        if !path.exists() {
-            return Ok(0); // capture off: no audit log
-        }
-        let c = rusqlite::Connection::open(path)?;
-        Ok(c.query_row("SELECT count(*) FROM l7", [], |r| r.get::<_, i64>(0))? as u64)
-    }
 }
 
 struct Row {
@@ -164,8 +156,7 @@ struct Row {
 }
 
 fn run_load(name: &str, d: &BenchDaemon, load: impl FnOnce() -> Result<u64>) -> Result<Row> {
-    let mut before = d.snap()?;
-    before.stored = d.stored()?;
+    let before = d.snap()?;
     let t0 = Instant::now();
     let requests = load()?;
     let secs = t0.elapsed().as_secs_f64();
@@ -175,7 +166,6 @@ fn run_load(name: &str, d: &BenchDaemon, load: impl FnOnce() -> Result<u64>) -> 
     for _ in 0..300 {
         std::thread::sleep(Duration::from_millis(200));
         after = d.snap()?;
-        after.stored = d.stored()?;
         if after.records == last
             && after.stored - before.stored + after.store_dropped - before.store_dropped
                 == after.records - before.records

@@ -451,11 +451,10 @@ CREATE TABLE IF NOT EXISTS l7 (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS l7_ts ON l7 (ts_ns);
-CREATE INDEX IF NOT EXISTS l7_proto_ts ON l7 (proto, ts_ns);
 ";
 
 /// Capacity of the queue between the ring reader and the writer thread.
-pub const STORE_QUEUE: usize = 16384;
+pub const STORE_QUEUE: usize = 65536;
 
 fn open_db(path: &Path) -> Result<Connection, AuditError> {
     let c = Connection::open(path).map_err(|source| AuditError::Open {
@@ -848,5 +847,61 @@ mod tests {
         };
         prune_now(&s, ret).unwrap();
         assert_eq!(s.count().unwrap(), 0, "everything is older than 1 ns");
+    }
+}
+
+#[cfg(test)]
+mod writer_speed {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn writer_throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let ret = Retention {
+            max_age: Duration::from_secs(3600),
+            max_records: 1_000_000,
+        };
+        let s = AuditStore::open(dir.path(), ret).unwrap();
+        let r = L7Record {
+            time: "2026-11-22T06:40:01.123456Z".into(),
+            ts_ns: now_unix_ns(),
+            proto: Proto::Http,
+            interface: "veth-x".into(),
+            client: "198.18.1.2".parse().unwrap(),
+            client_port: 1,
+            server: "198.18.2.2".parse().unwrap(),
+            server_port: 80,
+            request: Some(Summary::HttpRequest {
+                method: "GET".into(),
+                path: "/".into(),
+                host: Some("x".into()),
+                content_length: None,
+            }),
+            response: Some(Summary::HttpResponse {
+                status: 200,
+                content_length: Some(12),
+            }),
+            status: "200".into(),
+            error_code: None,
+            latency_ms: Some(0.1),
+            req_bytes: 40,
+            resp_bytes: 80,
+            partial: false,
+        };
+        let t0 = std::time::Instant::now();
+        let n = 200_000u64;
+        let mut sent = 0;
+        while sent < n {
+            if s.tx.try_send(r.clone()).is_ok() {
+                s.metrics.queued.fetch_add(1, Ordering::Relaxed);
+                sent += 1;
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        assert!(s.flush(Duration::from_secs(120)));
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("{n} records in {secs:.2} s: {:.0}/s", n as f64 / secs);
     }
 }

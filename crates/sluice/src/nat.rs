@@ -951,7 +951,10 @@ mod tests {
             nat.add_forward(&req("198.18.1.1:81", &["198.18.2.2:81"])).unwrap();
             nat.del_forward(a.id).unwrap();
             let c = nat.add_forward(&req("198.18.1.1:82", &["198.18.2.2:82"])).unwrap();
-            assert_eq!(c.slot, 0, "the freed slot is reused");
+            assert_eq!(c.slot, 2, "a freed slot is reused last, not first");
+            // Round robin wraps to the lowest free slot.
+            assert_eq!(free_slot([1, 2].into_iter(), 4, Some(3), "x").unwrap(), 0);
+            assert!(free_slot(0..4, 4, Some(1), "x").is_err(), "full");
         }
         let (nat, _) = Nat::open(Store::open(dir.path()).unwrap(), None).unwrap();
         let ports: Vec<u16> = nat.forwards().map(|f| f.spec.service.port()).collect();

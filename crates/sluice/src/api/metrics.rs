@@ -168,6 +168,9 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             reg.register("l7_segments", "TCP payload captures received from the kernel", seg);
             let dropped = Counter::<u64>::default();
             dropped.inc_by(m.store_dropped.load(Relaxed));
+            let stored = Counter::<u64>::default();
+            stored.inc_by(m.stored.load(Relaxed));
+            reg.register("l7_stored", "L7 records written to the audit log", stored);
             reg.register(
                 "l7_store_dropped",
                 "L7 records not stored because the audit writer fell behind",
