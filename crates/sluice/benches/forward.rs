@@ -232,6 +232,11 @@ fn tcp_frame(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     .build()
 }
 
+/// A SYN: only a SYN starts a forwarded TCP flow.
+fn syn_frame(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    Packet::tcp(src.ip(), dst.ip(), src.port(), dst.port()).build()
+}
+
 fn ends(frame: &[u8]) -> Result<(SocketAddr, SocketAddr)> {
     let p = verify(frame).map_err(|e| anyhow::anyhow!("bad frame: {e}"))?;
     Ok((
@@ -404,7 +409,7 @@ fn measure(cases: &[Case]) -> Result<Vec<TcRow>> {
 /// Primes a forward flow (client -> service, then the target's reply) and
 /// writes the inverse entries that make both directions alternate.
 fn prime_flow(t: &mut Tc, slot: u32, client: SocketAddr, service: SocketAddr, target: SocketAddr) -> Result<()> {
-    t.expect(&tcp_frame(client, service), (client, target))?;
+    t.expect(&syn_frame(client, service), (client, target))?;
     t.expect(&tcp_frame(target, client), (service, client))?;
     let val = |to: SocketAddr, dir: u8| CtVal {
         addr: addr16(to.ip()),
@@ -564,7 +569,7 @@ fn bench_test_run() -> Result<(Vec<TcRow>, Naive)> {
     // Contrast: a fresh flow's frame repeated as is.
     let c_naive = SocketAddr::new(c4.ip(), NAIVE_PORT);
     let before = fwd.counter(slot4)?;
-    let (v, ns, out) = run(fwd.prog()?, &tcp_frame(c_naive, s4), REPEAT)?;
+    let (v, ns, out) = run(fwd.prog()?, &syn_frame(c_naive, s4), REPEAT)?;
     ensure!(v == TCX_NEXT, "naive case: verdict {v}");
     let translated = fwd.counter(slot4)? - before;
     ensure!(

@@ -144,7 +144,6 @@ impl BenchDaemon {
             prog: tc_prog_stats(),
         })
     }
-
 }
 
 struct Row {
