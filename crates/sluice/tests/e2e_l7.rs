@@ -266,6 +266,30 @@ fn http_requests_are_paired_with_status_and_latency_including_keep_alive_and_pip
     assert!(st["events"]["received"]["l7"].as_u64().unwrap() >= 6, "{st}");
     let since = d.json(&["l7", "--since", "1m", "--proto", "http"]);
     assert_eq!(since.as_array().unwrap().len(), 6);
+
+    // Detection: HTTP on a port no list names is recognised by its first
+    // bytes, and the connection is followed from then on.
+    http_server(b, SocketAddr::new(b.ns_v4.into(), 8888));
+    run_ok(nsenter(
+        a,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            &format!("http://{}:8888/detected", b.ns_v4),
+            &format!("http://{}:8888/again", b.ns_v4),
+        ],
+    ));
+    let recs = records_until(&d, "http", |v| {
+        v.iter().filter(|r| r["server_port"] == 8888).count() >= 2
+    });
+    let on_8888: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["server_port"] == 8888)
+        .map(|r| r["request"]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(on_8888, vec!["/detected", "/again"], "{recs:#?}");
 }
 
 #[test]
@@ -355,6 +379,21 @@ fn redis_commands_keys_replies_errors_and_pipelines() {
         "{metrics}"
     );
     assert!(metrics.contains("sluice_l7_latency_seconds_bucket"), "{metrics}");
+
+    // Detection on a port no list names: a RESP array starts the capture.
+    let other = SocketAddr::new(b.ns_v4.into(), 7777);
+    let _srv2 = redis_server(b, other);
+    run_ok(nsenter(
+        a,
+        &["redis-cli", "-h", &host, "-p", "7777", "SET", "seen", "1"],
+    ));
+    let recs = records_until(&d, "redis", |v| v.iter().any(|r| r["server_port"] == 7777));
+    let r = recs
+        .iter()
+        .find(|r| r["server_port"] == 7777 && r["request"]["command"] == "SET")
+        .unwrap_or_else(|| panic!("no detected redis record: {recs:#?}"));
+    assert_eq!(r["request"]["key"], "seen");
+    assert_eq!(r["response"]["kind"], "simple");
 }
 
 #[test]
@@ -416,4 +455,35 @@ fn mysql_queries_errors_and_schema_changes_with_a_real_mariadb() {
             .any(|r| r["request"]["command"] == "COM_INIT_DB" && r["request"]["schema"] == "shop"),
         "{recs:#?}"
     );
+
+    // Detection on a port no list names: the server greeting starts it.
+    let other = SocketAddr::new(b.ns_v4.into(), 13306);
+    let _srv2 = mariadb_server(b, other);
+    let out = nsenter(
+        a,
+        &[
+            "mariadb",
+            "--no-defaults",
+            "--skip-ssl",
+            "-h",
+            &host,
+            "-P",
+            "13306",
+            "-u",
+            "root",
+            "-e",
+            "SELECT 42 AS detected",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let recs = records_until(&d, "mysql", |v| has(v, "SELECT 42"));
+    let r = recs
+        .iter()
+        .find(|r| r["request"]["query"].as_str().is_some_and(|q| q.contains("SELECT 42")))
+        .unwrap_or_else(|| panic!("no detected mysql record: {recs:#?}"));
+    assert_eq!(r["server_port"], 13306);
+    assert_eq!(r["response"]["kind"], "result_set", "{r}");
+    assert_eq!(r["response"]["rows"], 1, "{r}");
 }
