@@ -141,6 +141,13 @@ struct RunOpts {
     /// bpffs directory for pins (default /sys/fs/bpf/sluice).
     #[arg(long)]
     pin_dir: Option<PathBuf>,
+    /// Also serve the API on this TCP address (IP:PORT). Anything but
+    /// loopback needs --token-file.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// File with the bearer token TCP clients must send (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -322,6 +329,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             cfg.socket = o.socket.unwrap_or(cfg.socket);
             cfg.state_dir = o.state_dir.unwrap_or(cfg.state_dir);
             cfg.pin_dir = o.pin_dir.unwrap_or(cfg.pin_dir);
+            cfg.listen = o.listen.or(cfg.listen);
+            cfg.token_file = o.token_file.or(cfg.token_file);
             daemon::run(cfg).await
         }
         Cmd::Status(c) => status(&c).await,

@@ -73,6 +73,15 @@ pub struct Config {
     pub l7_retention: String,
     /// At most this many audit records are kept (the oldest go first).
     pub l7_max_records: u64,
+    /// Also serve the API on this TCP address (off when unset). A
+    /// non-loopback address needs `token_file`.
+    pub listen: Option<String>,
+    /// File holding the bearer token the TCP listener requires (mode 0600).
+    pub token_file: Option<PathBuf>,
+    /// API requests per second over all listeners (excess: 429).
+    pub api_rate_per_sec: u32,
+    /// Requests allowed in a burst above that rate.
+    pub api_burst: u32,
 }
 
 impl Default for Config {
@@ -99,6 +108,10 @@ impl Default for Config {
             l7_mysql_ports: vec![3306],
             l7_retention: "7d".into(),
             l7_max_records: 1_000_000,
+            listen: None,
+            token_file: None,
+            api_rate_per_sec: 500,
+            api_burst: 1000,
         }
     }
 }
@@ -161,6 +174,12 @@ impl Config {
         }
         self.l7_ports()?;
         self.l7_retention()?;
+        self.listen_addr()?;
+        if self.api_rate_per_sec == 0 || self.api_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "api_rate_per_sec and api_burst must be positive".into(),
+            ));
+        }
         if self.l7_max_records < 100 {
             return Err(ConfigError::Invalid("l7_max_records must be at least 100".into()));
         }
@@ -210,6 +229,21 @@ impl Config {
             )));
         }
         Ok(out)
+    }
+
+    /// The TCP listen address, checked: a non-loopback address needs a
+    /// token file.
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(l) = &self.listen else { return Ok(None) };
+        let addr: std::net::SocketAddr = l
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("listen {l:?} is not IP:PORT (IPv6 as [ADDR]:PORT)")))?;
+        if !addr.ip().is_loopback() && self.token_file.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on non-loopback {addr} without a token_file (--token-file)"
+            )));
+        }
+        Ok(Some(addr))
     }
 
     pub fn l7_retention(&self) -> Result<std::time::Duration, ConfigError> {

@@ -126,6 +126,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     let matcher = cfg.matcher()?;
     fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
     fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700))?;
+    let listen = cfg.listen_addr()?;
+    let token = match &cfg.token_file {
+        Some(p) => Some(sluice::api::guard::read_token(p)?),
+        None => None,
+    };
     let _lock = take_lock(&cfg.state_dir)?;
     let store = Store::open(&cfg.state_dir)?;
     let limit_store = Store::open(&cfg.state_dir)?;
@@ -136,6 +141,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     // otherwise reconcile our tables away), and the socket is free.
     let _pin_lock = lock_pin_dir(&cfg.pin_dir)?;
     let listener = bind_socket(&cfg.socket).await?;
+    let tcp = match listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the API listener {addr}"))?,
+        ),
+        None => None,
+    };
 
     let t0 = Instant::now();
     let (dp, tables, limit_tables) = Dataplane::load(&cfg.pin_dir, cfg.capacity())?;
@@ -227,13 +240,42 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(socket = %cfg.socket.display(), "serving the API; `sluice status` to check, Ctrl-C to stop");
     let stopping = state.clone();
     let audit_store = state.audit.clone();
-    axum::serve(listener, api::app(state))
+    let limit = api::guard::RateLimit::new(cfg.api_rate_per_sec, cfg.api_burst);
+    let guarded = |token: Option<String>| {
+        let g = api::guard::Guard {
+            limit: limit.clone(),
+            token: token.map(Into::into),
+        };
+        api::app(state.clone()).layer(axum::middleware::from_fn_with_state(g, api::guard::check))
+    };
+    let tcp_task = match tcp {
+        Some(l) => {
+            let app = guarded(token);
+            let mut stop = stopping.shutdown.subscribe();
+            tracing::info!(addr = %l.local_addr()?, "also serving the API over TCP (bearer token required: {})", cfg.token_file.is_some());
+            Some(tokio::spawn(async move {
+                let r = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "TCP API listener");
+                }
+            }))
+        }
+        None => None,
+    };
+    axum::serve(listener, guarded(None))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             // End the event streams, or the drain would wait on them forever.
             let _ = stopping.shutdown.send(true);
         })
         .await?;
+    if let Some(t) = tcp_task {
+        let _ = t.await;
+    }
     watcher.abort();
     nat_gc.abort();
     reader.abort();

@@ -3,6 +3,7 @@
 //! status code plus `{"error": "..."}`; bad input never changes anything.
 //! Request bodies are capped at [`MAX_BODY`].
 
+pub mod guard;
 pub mod metrics;
 pub mod types;
 

@@ -1,0 +1,128 @@
+//! Tier 3: the guarded control plane of a real daemon. The optional TCP
+//! listener needs the bearer token from a 0600 file (401 without it), a
+//! non-loopback listener without a token and a token file others can read
+//! are refused before anything is touched, and the request-rate limit
+//! answers 429 and recovers. Needs root.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    process::Command,
+    time::Duration,
+};
+
+use common::{require_root, Daemon, PinDir, BIN};
+
+const TOKEN: &str = "s3cret-token-0123456789";
+
+/// One HTTP/1.0 request over TCP; returns (status, body).
+fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: sluice\r\n{auth}\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn token_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
+    let p = dir.join("token");
+    std::fs::write(&p, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+#[test]
+fn the_tcp_listener_requires_the_token_and_requests_are_rate_limited() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let tf = token_file(dir.path(), 0o600);
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let d = Daemon::start_with_config(
+        "guard",
+        &["sluice-guard-none*"],
+        &format!(
+            "listen = \"{addr}\"\ntoken_file = {:?}\napi_rate_per_sec = 20\napi_burst = 40\n",
+            tf.to_str().unwrap()
+        ),
+    );
+    // The unix socket stays root-only (0600) and needs no token.
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let (code, body) = get(addr, "/v1/status", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("bearer token"), "{body}");
+    assert_eq!(get(addr, "/v1/status", Some("wrong-token-0123456789")).0, 401);
+    assert_eq!(
+        get(addr, "/v1/deny", Some(&TOKEN[..TOKEN.len() - 1])).0,
+        401,
+        "a prefix is not the token"
+    );
+    let (code, body) = get(addr, "/v1/status", Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"abi_version\""), "{body}");
+
+    // 100 requests at once against a bucket of 40 (+20/s): some get 429,
+    // as JSON errors; a second later requests pass again.
+    let codes: Vec<u16> = (0..100).map(|_| get(addr, "/v1/deny", Some(TOKEN)).0).collect();
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    eprintln!("100 requests: {ok} ok, {limited} limited");
+    assert!(limited >= 30 && (30..=70).contains(&ok), "{codes:?}");
+    assert_eq!(ok + limited, 100);
+    let (_, body) = get(addr, "/v1/deny", Some(TOKEN));
+    assert!(body.contains("too many") || body.starts_with('['), "{body}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(addr, "/v1/deny", Some(TOKEN)).0, 200, "the bucket refilled");
+}
+
+#[test]
+fn unsafe_listeners_are_refused_before_anything_is_touched() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PinDir::new("guardno");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["run", "--iface", "sluice-guard-none*", "--socket"])
+            .arg(dir.path().join("s.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--pin-dir")
+            .arg(&pins.0)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--listen", "198.18.0.1:9443"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to listen on non-loopback"), "{err}");
+
+    let loose = token_file(dir.path(), 0o644);
+    let out = run(&["--listen", "127.0.0.1:9443", "--token-file", loose.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+
+    let out = run(&["--listen", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not IP:PORT"));
+    assert!(!pins.0.exists(), "nothing was pinned");
+    assert!(!dir.path().join("s.sock").exists(), "no socket was bound");
+}
