@@ -350,3 +350,61 @@ fn cli_exit_codes_and_one_line_errors() {
     assert!(out.contains("imported 2 deny rules"), "{out}");
     assert_eq!(d.json(&["deny", "list"]).as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn a_corrupt_or_newer_state_database_stops_the_daemon_and_leaves_enforcement_running() {
+    require_root();
+    let lab = LabGuard::new("se7", 17);
+    let mut d = Daemon::start("e7", &["se7-*"]);
+    let a = lab.host('a');
+    d.ok(&["deny", "add", &a.ns_v4.to_string()]);
+    assert!(!ping(a, &a.host_v4.to_string()));
+    d.kill9();
+    let db = d.state_dir().join("sluice.db");
+    // Fold the write-ahead log into the file, so the file alone is the state.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    let good = std::fs::read(&db).unwrap();
+    for (bytes, needle) in [
+        (
+            b"this is not a database at all, just garbage bytes".repeat(100),
+            "not a sluice database",
+        ),
+        (Vec::new(), ""), // replaced below by a database from the future
+    ] {
+        if bytes.is_empty() {
+            std::fs::write(&db, &good).unwrap();
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", [])
+                .unwrap();
+        } else {
+            std::fs::write(&db, &bytes).unwrap();
+        }
+        let _ = std::fs::remove_file(d.state_dir().join("sluice.db-wal"));
+        let _ = std::fs::remove_file(d.state_dir().join("sluice.db-shm"));
+        let out = std::process::Command::new(common::BIN)
+            .arg("run")
+            .arg("--socket")
+            .arg(&d.socket)
+            .arg("--state-dir")
+            .arg(d.state_dir())
+            .arg("--pin-dir")
+            .arg(&d.pins.0)
+            .args(["--iface", "se7-*"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let needle = if needle.is_empty() { "schema version 99" } else { needle };
+        assert!(err.contains(needle), "{err}");
+        // The pinned dataplane was not touched: the deny still drops.
+        assert!(!ping(a, &a.host_v4.to_string()), "enforcement continues");
+        assert_eq!(link_pins(&d.pins.0), (2, 4));
+    }
+    // With the good database back, a new daemon adopts everything.
+    std::fs::write(&db, &good).unwrap();
+    d.spawn();
+    assert_eq!(d.json(&["deny", "list"]).as_array().unwrap().len(), 1);
+}
