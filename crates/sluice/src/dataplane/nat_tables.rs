@@ -4,12 +4,15 @@
 //! [`crate::nat`] controller is their only writer.
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use sluice_abi::{tc as names, Counter, CtKey, CtVal, FwdKey, FwdRule, RedirVal, TcConfig, ABI_VERSION};
 
-use super::DataplaneError;
+use super::{
+    tables::{ignore_missing, sum},
+    DataplaneError,
+};
 use crate::rules::LpmKey;
 
 pub struct NatTables {
@@ -26,21 +29,6 @@ pub struct NatTables {
     cfg: TcConfig,
     ct_capacity: u32,
     ncpus: usize,
-}
-
-fn sum(values: &PerCpuValues<Counter>) -> Counter {
-    values.iter().fold(Counter::default(), |a, c| Counter {
-        packets: a.packets + c.packets,
-        bytes: a.bytes + c.bytes,
-    })
-}
-
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), DataplaneError> {
-    match r {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => Ok(other?),
-    }
 }
 
 impl NatTables {

@@ -92,14 +92,16 @@ fn full(e: MapError, table: FwTable, capacity: u32) -> DataplaneError {
     e.into()
 }
 
-fn sum(values: &PerCpuValues<Counter>) -> Counter {
+/// A per-CPU counter summed over CPUs.
+pub(super) fn sum(values: &PerCpuValues<Counter>) -> Counter {
     values.iter().fold(Counter::default(), |a, c| Counter {
         packets: a.packets + c.packets,
         bytes: a.bytes + c.bytes,
     })
 }
 
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), DataplaneError> {
+/// A delete of a key that is not there is not an error.
+pub(super) fn ignore_missing(r: Result<(), MapError>) -> Result<(), DataplaneError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
