@@ -93,6 +93,12 @@ enum Cmd {
         #[command(flatten)]
         c: ClientOpts,
     },
+    /// The programs sluice runs, per attach point (and other owners' programs
+    /// on the same hooks), with kernel run statistics.
+    Probes {
+        #[command(subcommand)]
+        op: ProbeOp,
+    },
     /// Every TCP connection on the host (all namespaces), with its process.
     Conns {
         /// Keep printing new connection events.
@@ -305,6 +311,23 @@ enum RedirectOp {
 }
 
 #[derive(Subcommand, Debug)]
+enum ProbeOp {
+    /// List every program × attach point with its id, owner and run stats.
+    List {
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Turn kernel BPF run statistics on or off (off by default: they cost
+    /// a clock read per program run).
+    Stats {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum LabOp {
     /// Create namespaces sluice-a and sluice-b behind veth-sluice-a/-b.
     Up,
@@ -338,6 +361,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Allow { op } => rules(Action::Allow, op).await,
         Cmd::Limit { op } => limit(op).await,
         Cmd::Forward { op } => forward(op).await,
+        Cmd::Probes { op } => probes(op).await,
         Cmd::Redirect { op } => redirect(op).await,
         Cmd::L7 {
             proto,
@@ -726,6 +750,49 @@ async fn forward(op: ForwardOp) -> Result<()> {
                     f.comment.as_deref().unwrap_or("")
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+async fn probes(op: ProbeOp) -> Result<()> {
+    match op {
+        ProbeOp::List { c } => {
+            let v: sluice::api::ProbeList = Client::new(&c.socket).get("/v1/probes").await?;
+            if c.json {
+                return print_json(&v.probes);
+            }
+            println!(
+                "{:<44} {:<8} {:<16} {:>7} {:>14} {:>12}",
+                "ID", "OWNER", "PROGRAM", "PROG", "RUNS", "AVG ns"
+            );
+            for p in &v.probes {
+                let avg = if p.run_count > 0 {
+                    format!("{:.0}", p.run_time_ns as f64 / p.run_count as f64)
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "{:<44} {:<8} {:<16} {:>7} {:>14} {:>12}",
+                    p.id,
+                    p.owner,
+                    p.program,
+                    p.prog_id.map_or("-".into(), |i| i.to_string()),
+                    if v.stats { p.run_count.to_string() } else { "-".into() },
+                    if v.stats { avg } else { "-".into() }
+                );
+            }
+            if !v.stats {
+                println!("(run statistics are off: `sluice probes stats on`)");
+            }
+        }
+        ProbeOp::Stats { state, c } => {
+            let req = sluice::api::StatsRequest { enabled: state == "on" };
+            let r: sluice::api::StatsRequest = Client::new(&c.socket).put("/v1/probes/stats", &req).await?;
+            if c.json {
+                return print_json(&r);
+            }
+            println!("BPF run statistics {}", if r.enabled { "on" } else { "off" });
         }
     }
     Ok(())

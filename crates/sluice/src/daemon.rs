@@ -220,6 +220,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         shutdown: tokio::sync::watch::channel(false).0,
         dp: Some(dp.clone()),
         started: Instant::now(),
+        probe_stats: Mutex::new(None),
         interface_globs: cfg.interfaces.clone(),
         pin_dir: cfg.pin_dir.display().to_string(),
         state_dir: cfg.state_dir.display().to_string(),

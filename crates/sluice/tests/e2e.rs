@@ -475,3 +475,72 @@ fn concurrent_conflicting_updates_leave_store_and_kernel_equal() {
     assert_eq!(listed, stored, "the API shows what the store holds");
     assert_eq!(stored, kernel, "the store equals the kernel");
 }
+
+#[test]
+fn probes_list_every_attach_point_foreign_programs_and_run_stats() {
+    require_root();
+    let lab = LabGuard::new("se9", 19);
+    let d = Daemon::start("e9", &["se9-*"]);
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    // A program sluice does not own on one of the same hooks: another copy
+    // of the TC object, with its maps in a private pin dir.
+    let other = PinDir::new("e9other");
+    std::fs::create_dir_all(&other.0).unwrap();
+    let mut ebpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(&other.0)
+        .load(sluice::dataplane::TC_OBJ)
+        .unwrap();
+    let prog: &mut aya::programs::SchedClassifier =
+        ebpf.program_mut(sluice_abi::tc::EGRESS).unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    prog.attach(&a.host_if, aya::programs::TcAttachType::Ingress).unwrap();
+    let foreign_id = prog.info().unwrap().id();
+
+    let list = d.json(&["probes", "list"]);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    for h in [a, b] {
+        for kind in ["xdp", "tc-ingress", "tc-egress"] {
+            let id = format!("{kind}/{}", h.host_if);
+            assert!(ids.contains(&id.as_str()), "{id} missing from {ids:?}");
+        }
+    }
+    assert!(ids.contains(&"trace/inet_sock_set_state"), "{ids:?}");
+    let foreign = format!("tc-ingress/{}/foreign-{foreign_id}", a.host_if);
+    let f = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == foreign.as_str())
+        .unwrap_or_else(|| panic!("{foreign} missing from {ids:?}"));
+    assert_eq!(f["owner"], "foreign");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["owner"] == "sluice")
+            .count()
+            >= 7
+    );
+
+    // Run statistics on demand: traffic makes the XDP probe's count move.
+    assert!(d.ok(&["probes", "stats", "on"]).contains("on"));
+    for _ in 0..3 {
+        ping(a, &a.host_v4.to_string());
+    }
+    let list = d.json(&["probes", "list"]);
+    let xdp = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == format!("xdp/{}", a.host_if).as_str())
+        .unwrap();
+    assert!(xdp["run_count"].as_u64().unwrap() >= 3, "{xdp}");
+    assert!(xdp["run_time_ns"].as_u64().unwrap() > 0, "{xdp}");
+    assert!(d.ok(&["probes", "stats", "off"]).contains("off"));
+    drop(ebpf);
+}

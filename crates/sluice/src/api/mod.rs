@@ -60,6 +60,8 @@ pub struct Ctl {
     /// None when the API runs without a kernel (tests).
     pub dp: Option<Arc<Mutex<Dataplane>>>,
     pub started: Instant,
+    /// Held while kernel BPF run statistics are on (`sluice probes stats on`).
+    pub probe_stats: Mutex<Option<std::os::fd::OwnedFd>>,
     pub interface_globs: Vec<String>,
     pub pin_dir: String,
     pub state_dir: String,
@@ -83,6 +85,7 @@ impl Ctl {
             shutdown: tokio::sync::watch::channel(false).0,
             dp,
             started: Instant::now(),
+            probe_stats: Mutex::new(None),
             interface_globs: Vec::new(),
             pin_dir: String::new(),
             state_dir: String::new(),
@@ -230,6 +233,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/redirects", get(list_redirects).post(add_redirect))
         .route("/v1/redirects/{id}", delete(delete_redirect))
         .route("/v1/l7", get(l7_records))
+        .route("/v1/probes", get(list_probes))
+        .route("/v1/probes/stats", axum::routing::put(set_probe_stats))
         .route("/v1/events", get(events_sse))
         .route("/v1/events/recent", get(events_recent))
         .route("/v1/conns", get(conns))
@@ -467,6 +472,50 @@ async fn l7_records(
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     })
     .await
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ProbeList {
+    /// True while kernel BPF run statistics are being collected.
+    pub stats: bool,
+    pub probes: Vec<crate::dataplane::Probe>,
+}
+
+async fn list_probes(State(s): State<AppState>) -> ApiResult<Json<ProbeList>> {
+    blocking(move || {
+        let probes = match &s.dp {
+            Some(dp) => dp.lock().unwrap().probes(),
+            None => Vec::new(),
+        };
+        Ok(Json(ProbeList {
+            stats: s.probe_stats.lock().unwrap().is_some(),
+            probes,
+        }))
+    })
+    .await
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsRequest {
+    pub enabled: bool,
+}
+
+/// Turns kernel BPF run statistics on (held until turned off or the daemon
+/// stops) or off. They cost a clock read per program run, so they are off
+/// by default.
+async fn set_probe_stats(State(s): State<AppState>, Json(req): Json<StatsRequest>) -> ApiResult<Json<StatsRequest>> {
+    let mut held = s.probe_stats.lock().unwrap();
+    if req.enabled && held.is_none() {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("enabling BPF stats: {e}")))?;
+        *held = Some(fd);
+    } else if !req.enabled {
+        *held = None;
+    }
+    Ok(Json(StatsRequest {
+        enabled: held.is_some(),
+    }))
 }
 
 async fn list_limits(State(s): State<AppState>) -> ApiResult<Json<Vec<LimitView>>> {

@@ -331,6 +331,28 @@ pub struct Attachment {
     tc_links: Vec<(PathBuf, FdLink)>,
 }
 
+/// One program at one attach point, as `sluice probes list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    /// Stable id: `xdp/IFACE`, `tc-ingress/IFACE`, `tc-egress/IFACE`,
+    /// `trace/inet_sock_set_state`; other owners' programs get a
+    /// `/foreign-PROGID` suffix.
+    pub id: String,
+    pub kind: String,
+    /// Interface name or tracepoint.
+    pub attach: String,
+    pub program: String,
+    pub prog_id: Option<u32>,
+    /// "sluice", or "foreign" for a program sluice did not load.
+    pub owner: String,
+    /// XDP only: native or generic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<AttachMode>,
+    /// Kernel BPF stats (zero unless stats are enabled).
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
 /// The loaded programs and the interfaces they are attached to.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -500,6 +522,69 @@ impl Dataplane {
                 (name, id)
             })
             .collect()
+    }
+
+    /// Every program × attach point sluice manages, plus other owners'
+    /// programs on the same tcx hooks, with kernel run statistics.
+    pub fn probes(&self) -> Vec<Probe> {
+        let stats: BTreeMap<u32, (u64, u64)> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|i| (i.id(), (i.run_count(), i.run_time().as_nanos() as u64)))
+            .collect();
+        let st = |id: Option<u32>| id.and_then(|i| stats.get(&i).copied()).unwrap_or((0, 0));
+        let ours = |kind: &str, attach: &str, program: &str, prog_id: Option<u32>, mode: Option<AttachMode>| {
+            let (run_count, run_time_ns) = st(prog_id);
+            Probe {
+                id: format!("{kind}/{attach}"),
+                kind: kind.into(),
+                attach: attach.into(),
+                program: program.into(),
+                prog_id,
+                owner: "sluice".into(),
+                mode,
+                run_count,
+                run_time_ns,
+            }
+        };
+        let tc_ids: BTreeMap<&str, Option<u32>> = self.tc_program_ids().into_iter().collect();
+        let mut out = Vec::new();
+        for a in self.attachments() {
+            out.push(ours("xdp", &a.name, names::PROGRAM, self.program_id(), Some(a.mode)));
+            for (kind, ty, prog) in [
+                ("tc-ingress", TcAttachType::Ingress, sluice_abi::tc::INGRESS),
+                ("tc-egress", TcAttachType::Egress, sluice_abi::tc::EGRESS),
+            ] {
+                let mine = tc_ids.get(prog).copied().flatten();
+                if a.tc {
+                    out.push(ours(kind, &a.name, prog, mine, None));
+                }
+                let attached = SchedClassifier::query_tcx(&a.name, ty).map(|r| r.1).unwrap_or_default();
+                for info in attached.iter().filter(|i| Some(i.id()) != mine) {
+                    let (run_count, run_time_ns) = st(Some(info.id()));
+                    out.push(Probe {
+                        id: format!("{kind}/{}/foreign-{}", a.name, info.id()),
+                        kind: kind.into(),
+                        attach: a.name.clone(),
+                        program: info.name_as_str().unwrap_or("?").into(),
+                        prog_id: Some(info.id()),
+                        owner: "foreign".into(),
+                        mode: None,
+                        run_count,
+                        run_time_ns,
+                    });
+                }
+            }
+        }
+        if let Some(id) = self.trace_program_id() {
+            out.push(ours(
+                "trace",
+                sluice_abi::trace::TRACEPOINT,
+                sluice_abi::trace::PROGRAM,
+                Some(id),
+                None,
+            ));
+        }
+        out
     }
 
     /// Kernel id of the loaded XDP program.
