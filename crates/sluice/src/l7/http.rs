@@ -623,7 +623,7 @@ pub(crate) fn duplex() -> Duplex<Side> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{testutil::*, Conn, Dir, Exchange, MAX_BUFFER};
+    use super::super::{testutil::*, Conn, Dir, Exchange};
     use super::*;
     use proptest::prelude::*;
 
@@ -920,19 +920,7 @@ mod tests {
                 0..40,
             ),
         ) {
-            let mut c = Conn::new(Proto::Http);
-            for (i, (to_server, data, gap, what)) in ops.into_iter().enumerate() {
-                let dir = if to_server { Dir::ToServer } else { Dir::ToClient };
-                match what {
-                    0 => c.gap(dir, gap),
-                    1 => { c.flush(); }
-                    _ => { c.feed(dir, i as u64, &data); }
-                }
-                prop_assert!(c.buffered() <= 2 * MAX_BUFFER);
-                prop_assert!(c.pending() <= super::super::MAX_PENDING);
-            }
-            c.flush();
-            prop_assert_eq!(c.pending(), 0);
+            crate::l7::testutil::fuzz_ops(Proto::Http, ops)?;
         }
 
         #[test]

@@ -544,6 +544,34 @@ pub(crate) mod testutil {
         v
     }
 
+    /// One fuzz case shared by every parser: arbitrary (direction, bytes,
+    /// gap length, action) steps never panic, keep the buffers and the
+    /// pending queue within their caps, and flush to an empty queue.
+    pub fn fuzz_ops(
+        proto: Proto,
+        ops: Vec<(bool, Vec<u8>, u64, u8)>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::{prop_assert, prop_assert_eq};
+        let mut c = Conn::new(proto);
+        for (i, (to_server, data, gap, what)) in ops.into_iter().enumerate() {
+            let dir = if to_server { Dir::ToServer } else { Dir::ToClient };
+            match what {
+                0 => c.gap(dir, gap),
+                1 => {
+                    c.flush();
+                }
+                _ => {
+                    c.feed(dir, i as u64, &data);
+                }
+            }
+            prop_assert!(c.buffered() <= 2 * super::MAX_BUFFER);
+            prop_assert!(c.pending() <= super::MAX_PENDING);
+        }
+        c.flush();
+        prop_assert_eq!(c.pending(), 0);
+        Ok(())
+    }
+
     /// The whole client stream, then the whole server stream, each fed in
     /// chunks of `chunk` bytes; then flush.
     pub fn run_chunked(proto: Proto, c2s: &[u8], s2c: &[u8], chunk: usize) -> Vec<Exchange> {

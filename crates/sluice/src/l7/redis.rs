@@ -1118,19 +1118,7 @@ mod tests {
                 0..40,
             ),
         ) {
-            let mut c = Conn::new(Proto::Redis);
-            for (i, (to_server, data, gap, what)) in ops.into_iter().enumerate() {
-                let dir = if to_server { Dir::ToServer } else { Dir::ToClient };
-                match what {
-                    0 => c.gap(dir, gap),
-                    1 => { c.flush(); }
-                    _ => { c.feed(dir, i as u64, &data); }
-                }
-                prop_assert!(c.buffered() <= 2 * MAX_BUFFER);
-                prop_assert!(c.pending() <= MAX_PENDING);
-            }
-            c.flush();
-            prop_assert_eq!(c.pending(), 0);
+            crate::l7::testutil::fuzz_ops(Proto::Redis, ops)?;
         }
 
         #[test]
