@@ -317,6 +317,20 @@ enum ProbeOp {
         #[command(flatten)]
         c: ClientOpts,
     },
+    /// Detach one probe now and keep it off across restarts (e.g.
+    /// `xdp/veth1a2b`: that interface is then not filtered at all).
+    Disable {
+        /// A probe id from `sluice probes list`.
+        id: String,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Attach a disabled probe again (persisted).
+    Enable {
+        id: String,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
     /// Turn kernel BPF run statistics on or off (off by default: they cost
     /// a clock read per program run).
     Stats {
@@ -399,9 +413,12 @@ async fn status(c: &ClientOpts) -> Result<()> {
     );
     println!("\ninterfaces ({}):", s.interfaces.len());
     for i in &s.interfaces {
-        let mode = serde_json::to_value(i.mode)?.as_str().unwrap_or("?").to_string();
+        let mode = match i.mode {
+            Some(m) => serde_json::to_value(m)?.as_str().unwrap_or("?").to_string(),
+            None => "DISABLED (not filtered)".into(),
+        };
         println!(
-            "  {:<16} ifindex {:<6} xdp {}{}{}",
+            "  {:<16} ifindex {:<6} xdp {}{}{}{}",
             i.name,
             i.ifindex,
             mode,
@@ -410,8 +427,19 @@ async fn status(c: &ClientOpts) -> Result<()> {
             } else {
                 ", no tc (forwards/redirects do not apply)"
             },
+            if i.disabled.is_empty() {
+                String::new()
+            } else {
+                format!(", disabled: {}", i.disabled.join(" "))
+            },
             if i.adopted { " (adopted)" } else { "" }
         );
+    }
+    for f in &s.not_attached {
+        println!("  {:<16} ifindex {:<6} NOT ATTACHED: {}", f.name, f.ifindex, f.error);
+    }
+    if !s.disabled_probes.is_empty() {
+        println!("disabled probes: {}", s.disabled_probes.join(" "));
     }
     println!("\nprograms:");
     for p in &s.programs {
@@ -755,6 +783,28 @@ async fn forward(op: ForwardOp) -> Result<()> {
     Ok(())
 }
 
+async fn set_probe(id: &str, enabled: bool, c: &ClientOpts) -> Result<()> {
+    // Validated here for a clear message; the daemon validates again.
+    let pid: sluice::probes::ProbeId = id.parse()?;
+    let path = format!(
+        "/v1/probes/{}/{}",
+        pid.kind.as_str(),
+        percent_encoding::utf8_percent_encode(&pid.attach, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let req = sluice::api::ProbeStateRequest { enabled };
+    let r: sluice::api::ProbeStateView = Client::new(&c.socket).put(&path, &req).await?;
+    if c.json {
+        return print_json(&r);
+    }
+    let what = if enabled { "enabled" } else { "disabled" };
+    match (r.changed, r.present) {
+        (false, _) => println!("{} was already {what}", r.id),
+        (true, true) => println!("{what} {} (persisted)", r.id),
+        (true, false) => println!("{what} {} (persisted; not present now, applies when it appears)", r.id),
+    }
+    Ok(())
+}
+
 async fn probes(op: ProbeOp) -> Result<()> {
     match op {
         ProbeOp::List { c } => {
@@ -763,8 +813,8 @@ async fn probes(op: ProbeOp) -> Result<()> {
                 return print_json(&v.probes);
             }
             println!(
-                "{:<44} {:<8} {:<16} {:>7} {:>14} {:>12}",
-                "ID", "OWNER", "PROGRAM", "PROG", "RUNS", "AVG ns"
+                "{:<44} {:<8} {:<8} {:<16} {:>7} {:>14} {:>12}",
+                "ID", "STATE", "OWNER", "PROGRAM", "PROG", "RUNS", "AVG ns"
             );
             for p in &v.probes {
                 let avg = if p.run_count > 0 {
@@ -773,8 +823,9 @@ async fn probes(op: ProbeOp) -> Result<()> {
                     "-".into()
                 };
                 println!(
-                    "{:<44} {:<8} {:<16} {:>7} {:>14} {:>12}",
+                    "{:<44} {:<8} {:<8} {:<16} {:>7} {:>14} {:>12}",
                     p.id,
+                    p.state,
                     p.owner,
                     p.program,
                     p.prog_id.map_or("-".into(), |i| i.to_string()),
@@ -782,10 +833,19 @@ async fn probes(op: ProbeOp) -> Result<()> {
                     if v.stats { avg } else { "-".into() }
                 );
             }
+            for p in v.probes.iter().filter(|p| p.error.is_some()) {
+                println!("{}: {}", p.id, p.error.as_deref().unwrap_or_default());
+            }
             if !v.stats {
                 println!("(run statistics are off: `sluice probes stats on`)");
             }
         }
+        ProbeOp::Disable { id, c } | ProbeOp::Enable { id, c } if id.contains('\0') => {
+            let _ = c;
+            bail!("probe id {id:?} contains a NUL byte")
+        }
+        ProbeOp::Disable { id, c } => set_probe(&id, false, &c).await?,
+        ProbeOp::Enable { id, c } => set_probe(&id, true, &c).await?,
         ProbeOp::Stats { state, c } => {
             let req = sluice::api::StatsRequest { enabled: state == "on" };
             let r: sluice::api::StatsRequest = Client::new(&c.socket).put("/v1/probes/stats", &req).await?;
@@ -981,17 +1041,7 @@ async fn l7(proto: Option<String>, since: Option<String>, limit: usize, follow: 
     let client = Client::new(&c.socket);
     if !follow {
         // Query values are percent-encoded (a duration may hold spaces).
-        let enc = |s: &str| -> String {
-            s.bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect()
-        };
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
         let mut q = vec![format!("limit={limit}")];
         if let Some(p) = &proto {
             q.push(format!("proto={}", enc(p)));

@@ -22,6 +22,7 @@ use sluice::{
     firewall::Firewall,
     limits::Limiter,
     nat::Nat,
+    probes::{ProbeKind, ProbeStates},
     store::Store,
     watch::Watcher,
 };
@@ -135,6 +136,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.state_dir)?;
     let limit_store = Store::open(&cfg.state_dir)?;
     let nat_store = Store::open(&cfg.state_dir)?;
+    let probe_states = ProbeStates::open(Store::open(&cfg.state_dir)?)?;
     raise_memlock();
     // Everything that can fail without touching the kernel fails here: the
     // pins are ours alone (another daemon with another state dir would
@@ -180,9 +182,18 @@ pub async fn run(cfg: Config) -> Result<()> {
         .expect("a freshly loaded object has its event maps");
     event_maps.configure(cfg.packet_sample_every, cfg.drop_events_per_sec)?;
     let ring = event_maps.take_ring().expect("ring taken once");
-    match dp.attach_trace() {
-        Ok(()) => tracing::info!("connection log attached to sock/inet_sock_set_state"),
-        Err(e) => tracing::error!(error = %e, "connection log unavailable (the firewall and limits still work)"),
+    dp.set_disabled(probe_states.disabled().clone());
+    if !probe_states.disabled().is_empty() {
+        let ids: Vec<String> = probe_states.disabled().iter().map(|p| p.to_string()).collect();
+        tracing::info!(probes = %ids.join(" "), "probes disabled by the operator (`sluice probes enable ID` turns one back on)");
+    }
+    if !dp.wants(ProbeKind::Trace, sluice_abi::trace::TRACEPOINT) {
+        tracing::info!("connection log disabled (trace/inet_sock_set_state)");
+    } else {
+        match dp.attach_trace() {
+            Ok(()) => tracing::info!("connection log attached to sock/inet_sock_set_state"),
+            Err(e) => tracing::error!(error = %e, "connection log unavailable (the firewall and limits still work)"),
+        }
     }
     let dp = Arc::new(Mutex::new(dp));
     let watcher = Watcher::new(dp.clone(), matcher).start().await?;
@@ -190,7 +201,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         let dp = dp.lock().unwrap();
         let ifs: Vec<String> = dp
             .attachments()
-            .map(|a| format!("{}({:?}{})", a.name, a.mode, if a.adopted { ", adopted" } else { "" }).to_lowercase())
+            .map(|a| {
+                let mode = a.mode().map_or("xdp disabled".into(), |m| format!("{m:?}"));
+                format!("{}({mode}{})", a.name, if a.adopted { ", adopted" } else { "" }).to_lowercase()
+            })
             .collect();
         tracing::info!(interfaces = %ifs.join(" "), globs = %cfg.interfaces.join(","), "XDP firewall attached in {:?}", t0.elapsed());
     }
@@ -220,6 +234,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         shutdown: tokio::sync::watch::channel(false).0,
         dp: Some(dp.clone()),
         started: Instant::now(),
+        probes: Mutex::new(probe_states),
         probe_stats: Mutex::new(None),
         interface_globs: cfg.interfaces.clone(),
         pin_dir: cfg.pin_dir.display().to_string(),

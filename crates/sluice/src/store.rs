@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Version of the schema this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Tables of rules kept as a JSON spec plus a kernel slot.
 pub const FORWARDS: &str = "forwards";
@@ -69,6 +69,10 @@ CREATE TABLE IF NOT EXISTS redirects (
     spec TEXT NOT NULL,
     created INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS probes (
+    id TEXT PRIMARY KEY,
+    enabled INTEGER NOT NULL CHECK (enabled IN (0, 1))
+);
 ";
 
 impl Store {
@@ -110,8 +114,8 @@ impl Store {
             let found = found
                 .and_then(|v| v.parse::<i64>().ok())
                 .ok_or_else(|| StoreError::Foreign("missing schema_version".into()))?;
-            // v1 -> v2 -> v3 only added tables (limits; forwards and
-            // redirects), created below.
+            // v1 -> v2 -> v3 -> v4 only added tables (limits; forwards and
+            // redirects; probe states), created below.
             if !(1..=SCHEMA_VERSION).contains(&found) {
                 return Err(StoreError::Version { found });
             }
@@ -126,6 +130,29 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(Store { conn })
+    }
+
+    /// Ids of the probes the operator disabled, sorted.
+    pub fn disabled_probes(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM probes WHERE enabled = 0 ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a probe's state. Enabled is the default, so enabling deletes
+    /// the row.
+    pub fn set_probe_enabled(&self, id: &str, enabled: bool) -> Result<(), StoreError> {
+        if enabled {
+            self.conn.execute("DELETE FROM probes WHERE id = ?1", params![id])?;
+        } else {
+            self.conn.execute(
+                "INSERT OR REPLACE INTO probes (id, enabled) VALUES (?1, 0)",
+                params![id],
+            )?;
+        }
+        Ok(())
     }
 
     /// Every firewall rule, ordered by id.

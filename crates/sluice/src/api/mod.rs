@@ -32,6 +32,7 @@ use crate::{
     firewall::{Firewall, FwError, Selector},
     limits::{Limiter, LimiterError},
     nat::{ForwardRequest, Nat, NatError, RedirectRequest},
+    probes::{ProbeId, ProbeKind},
     rules::{Action, Direction, RuleSpec},
 };
 use types::*;
@@ -60,6 +61,8 @@ pub struct Ctl {
     /// None when the API runs without a kernel (tests).
     pub dp: Option<Arc<Mutex<Dataplane>>>,
     pub started: Instant,
+    /// Disabled probes, persisted.
+    pub probes: Mutex<crate::probes::ProbeStates>,
     /// Held while kernel BPF run statistics are on (`sluice probes stats on`).
     pub probe_stats: Mutex<Option<std::os::fd::OwnedFd>>,
     pub interface_globs: Vec<String>,
@@ -85,6 +88,10 @@ impl Ctl {
             shutdown: tokio::sync::watch::channel(false).0,
             dp,
             started: Instant::now(),
+            probes: Mutex::new(
+                crate::probes::ProbeStates::open(crate::store::Store::in_memory().expect("an in-memory store"))
+                    .expect("no probe states"),
+            ),
             probe_stats: Mutex::new(None),
             interface_globs: Vec::new(),
             pin_dir: String::new(),
@@ -235,6 +242,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/l7", get(l7_records))
         .route("/v1/probes", get(list_probes))
         .route("/v1/probes/stats", axum::routing::put(set_probe_stats))
+        .route("/v1/probes/{kind}/{attach}", axum::routing::put(set_probe_state))
         .route("/v1/events", get(events_sse))
         .route("/v1/events/recent", get(events_recent))
         .route("/v1/conns", get(conns))
@@ -482,17 +490,123 @@ pub struct ProbeList {
 }
 
 async fn list_probes(State(s): State<AppState>) -> ApiResult<Json<ProbeList>> {
+    let ifindexes: Vec<u32> = match &s.dp {
+        Some(dp) => {
+            let dp = dp.lock().unwrap();
+            dp.attachments()
+                .map(|a| a.ifindex)
+                .chain(dp.failed().map(|f| f.0))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let hooks = match crate::probes::netlink_hooks(&ifindexes).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "netlink query of XDP/tc hooks failed; foreign XDP and tc programs are not listed");
+            Default::default()
+        }
+    };
     blocking(move || {
-        let probes = match &s.dp {
-            Some(dp) => dp.lock().unwrap().probes(),
+        let mut probes = match &s.dp {
+            Some(dp) => dp.lock().unwrap().probes(&hooks),
             None => Vec::new(),
         };
+        if s.dp.is_none() {
+            // No kernel (tests): the persisted states are all there is.
+            for id in s.probes.lock().unwrap().disabled() {
+                probes.push(crate::dataplane::Probe {
+                    id: id.to_string(),
+                    kind: id.kind.as_str().into(),
+                    attach: id.attach.clone(),
+                    program: String::new(),
+                    prog_id: None,
+                    owner: "sluice".into(),
+                    mode: None,
+                    state: "disabled".into(),
+                    error: None,
+                    run_count: 0,
+                    run_time_ns: 0,
+                });
+            }
+        }
         Ok(Json(ProbeList {
             stats: s.probe_stats.lock().unwrap().is_some(),
             probes,
         }))
     })
     .await
+}
+
+/// Body of `PUT /v1/probes/{kind}/{attach}`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeStateRequest {
+    pub enabled: bool,
+}
+
+/// Answer of `PUT /v1/probes/{kind}/{attach}`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ProbeStateView {
+    pub id: String,
+    pub enabled: bool,
+    /// False if the state was already so.
+    pub changed: bool,
+    /// False if the attach point does not exist now: the state applies
+    /// when it appears.
+    pub present: bool,
+}
+
+/// Enables or disables one probe, persisted, taking effect at once.
+async fn set_probe_state(
+    State(s): State<AppState>,
+    Path((kind, attach)): Path<(String, String)>,
+    Json(req): Json<ProbeStateRequest>,
+) -> ApiResult<Json<ProbeStateView>> {
+    let id: ProbeId = format!("{kind}/{attach}")
+        .parse()
+        .map_err(|e: crate::probes::ProbeIdError| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    blocking(move || set_probe(&s, &id, req.enabled).map(Json)).await
+}
+
+/// One probe state change: kernel first, then the store; a store failure
+/// puts the kernel back, so the two never disagree.
+pub(crate) fn set_probe(s: &Ctl, id: &ProbeId, enabled: bool) -> ApiResult<ProbeStateView> {
+    let mut states = s.probes.lock().unwrap();
+    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let view = |changed, present| ProbeStateView {
+        id: id.to_string(),
+        enabled,
+        changed,
+        present,
+    };
+    if states.is_enabled(id) == enabled {
+        let present = match &s.dp {
+            Some(dp) => {
+                let dp = dp.lock().unwrap();
+                id.kind == ProbeKind::Trace || dp.attachments().any(|a| a.name == id.attach)
+            }
+            None => false,
+        };
+        return Ok(view(false, present));
+    }
+    let present = match &s.dp {
+        Some(dp) => dp
+            .lock()
+            .unwrap()
+            .set_probe(id, enabled)
+            .map_err(|e| ApiError(StatusCode::CONFLICT, format!("{id}: {}", crate::dataplane::chain(&e))))?,
+        None => false,
+    };
+    if let Err(e) = states.set(id, enabled) {
+        if let Some(dp) = &s.dp {
+            let _ = dp.lock().unwrap().set_probe(id, !enabled);
+        }
+        tracing::error!(error = %e, "persisting a probe state");
+        return Err(internal(e.to_string()));
+    }
+    tracing::info!(probe = %id, enabled, present, "probe state changed");
+    Ok(view(true, present))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -646,7 +760,15 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
                 notes.insert(name, v);
             }
         }
-        let (interfaces, programs) = match &s.dp {
+        let disabled_probes: Vec<String> = s
+            .probes
+            .lock()
+            .unwrap()
+            .disabled()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let (interfaces, not_attached, programs) = match &s.dp {
             Some(dp) => {
                 let dp = dp.lock().unwrap();
                 let ifs = dp
@@ -654,9 +776,22 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
                     .map(|a| IfaceView {
                         name: a.name.clone(),
                         ifindex: a.ifindex,
-                        mode: a.mode,
+                        mode: a.mode(),
                         adopted: a.adopted,
-                        tc: a.tc,
+                        tc: a.tc(),
+                        disabled: [ProbeKind::Xdp, ProbeKind::TcIngress, ProbeKind::TcEgress]
+                            .into_iter()
+                            .filter(|k| !dp.wants(*k, &a.name))
+                            .map(|k| k.as_str().to_string())
+                            .collect(),
+                    })
+                    .collect();
+                let failed = dp
+                    .failed()
+                    .map(|(ifindex, name, why)| FailedIfaceView {
+                        name: name.into(),
+                        ifindex,
+                        error: why.into(),
                     })
                     .collect();
                 let mut progs = vec![ProgramView {
@@ -671,9 +806,9 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
                         id,
                     });
                 }
-                (ifs, progs)
+                (ifs, failed, progs)
             }
-            None => (Vec::new(), Vec::new()),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         Ok(Json(Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -684,6 +819,8 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
             pin_dir: s.pin_dir.clone(),
             state_dir: s.state_dir.clone(),
             interfaces,
+            not_attached,
+            disabled_probes,
             programs,
             rules: counts,
             limits,

@@ -149,12 +149,25 @@ impl RuleView {
 pub struct IfaceView {
     pub name: String,
     pub ifindex: u32,
-    pub mode: AttachMode,
+    /// How the XDP firewall runs here; null while `xdp/NAME` is disabled
+    /// (then this interface is not filtered at all).
+    pub mode: Option<AttachMode>,
     /// Adopted from a previous daemon's pinned link.
     pub adopted: bool,
     /// The TC forward/redirect programs are attached too (tcx).
     #[serde(default)]
     pub tc: bool,
+    /// Probes the operator disabled here: xdp, tc-ingress, tc-egress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled: Vec<String>,
+}
+
+/// An interface that matched the globs but could not be attached.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailedIfaceView {
+    pub name: String,
+    pub ifindex: u32,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -189,6 +202,13 @@ pub struct Status {
     pub pin_dir: String,
     pub state_dir: String,
     pub interfaces: Vec<IfaceView>,
+    /// Matching interfaces sluice could not attach to (e.g. another owner's
+    /// XDP program is there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_attached: Vec<FailedIfaceView>,
+    /// Every probe the operator disabled (`sluice probes disable`).
+    #[serde(default)]
+    pub disabled_probes: Vec<String>,
     pub programs: Vec<ProgramView>,
     pub rules: RuleCounts,
     pub limits: LimitSummary,

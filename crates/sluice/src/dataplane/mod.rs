@@ -15,7 +15,7 @@ mod nat_tables;
 mod tables;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     fs, io,
     path::{Path, PathBuf},
@@ -31,6 +31,8 @@ pub use limit_tables::{KernelLimitTables, LimitTables, MemLimitTables};
 pub use nat_tables::NatTables;
 use sluice_abi::{xdp as names, FwTable, ABI_VERSION};
 pub use tables::{KernelTables, MemTables, Tables};
+
+use crate::probes::{NetlinkHooks, ProbeId, ProbeKind};
 
 /// The compiled XDP firewall (built by build.rs from bpf/sluice_xdp.bpf.c).
 pub static XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.bpf.o"));
@@ -315,20 +317,59 @@ impl AttachMode {
     }
 }
 
-/// One interface the XDP firewall is attached to.
+/// The XDP link on one interface.
+#[derive(Debug)]
+struct XdpHook {
+    mode: AttachMode,
+    pin: PathBuf,
+    _link: FdLink,
+}
+
+/// One tcx link (ingress or egress) on one interface.
+#[derive(Debug)]
+struct TcHook {
+    kind: ProbeKind,
+    pin: PathBuf,
+    _link: FdLink,
+}
+
+/// One managed interface and the probes attached to it. A disabled probe
+/// (`sluice probes disable xdp/IFACE`) has no link here.
 #[derive(Debug)]
 pub struct Attachment {
     pub ifindex: u32,
     pub name: String,
-    pub mode: AttachMode,
     /// True if this daemon adopted a link pinned by an earlier one.
     pub adopted: bool,
-    /// True if the TC programs (forward, redirect) are attached too.
-    pub tc: bool,
-    pin: PathBuf,
-    _link: FdLink,
-    /// The tcx ingress and egress links (pins, links).
-    tc_links: Vec<(PathBuf, FdLink)>,
+    xdp: Option<XdpHook>,
+    tc_links: Vec<TcHook>,
+}
+
+impl Attachment {
+    /// How the XDP firewall runs here; None while `xdp/NAME` is disabled.
+    pub fn mode(&self) -> Option<AttachMode> {
+        self.xdp.as_ref().map(|x| x.mode)
+    }
+
+    /// True if both TC programs (forward, redirect) are attached.
+    pub fn tc(&self) -> bool {
+        self.tc_links.len() == 2
+    }
+
+    /// True if the probe of this kind is attached here.
+    pub fn has(&self, kind: ProbeKind) -> bool {
+        match kind {
+            ProbeKind::Xdp => self.xdp.is_some(),
+            k => self.tc_links.iter().any(|h| h.kind == k),
+        }
+    }
+
+    fn pins(&self) -> impl Iterator<Item = &PathBuf> {
+        self.xdp
+            .iter()
+            .map(|x| &x.pin)
+            .chain(self.tc_links.iter().map(|h| &h.pin))
+    }
 }
 
 /// One program at one attach point, as `sluice probes list` shows it.
@@ -348,6 +389,11 @@ pub struct Probe {
     /// XDP only: native or generic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<AttachMode>,
+    /// "enabled", "disabled" (by the operator), or "failed" (see `error`).
+    pub state: String,
+    /// Why sluice could not attach here (e.g. another owner's program).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Kernel BPF stats (zero unless stats are enabled).
     pub run_count: u64,
     pub run_time_ns: u64,
@@ -363,6 +409,10 @@ pub struct Dataplane {
     cap: Capacity,
     pin_dir: PathBuf,
     attached: BTreeMap<u32, Attachment>,
+    /// Probes the operator disabled (persisted by [`crate::probes::ProbeStates`]).
+    disabled: BTreeSet<ProbeId>,
+    /// Interfaces that matched but could not be attached: (name, why).
+    failed: BTreeMap<u32, (String, String)>,
 }
 
 impl Dataplane {
@@ -414,6 +464,8 @@ impl Dataplane {
             cap,
             pin_dir: pin_dir.to_path_buf(),
             attached: BTreeMap::new(),
+            disabled: BTreeSet::new(),
+            failed: BTreeMap::new(),
         };
         Ok((dp, tables, limits))
     }
@@ -524,67 +576,185 @@ impl Dataplane {
             .collect()
     }
 
-    /// Every program × attach point sluice manages, plus other owners'
-    /// programs on the same tcx hooks, with kernel run statistics.
-    pub fn probes(&self) -> Vec<Probe> {
+    /// Every program × attach point sluice manages (enabled, disabled or
+    /// failed), plus other owners' programs on the same XDP, tc and tcx
+    /// hooks, with kernel run statistics. `hooks` is what netlink reports
+    /// per interface ([`crate::probes::netlink_hooks`]).
+    pub fn probes(&self, hooks: &BTreeMap<u32, NetlinkHooks>) -> Vec<Probe> {
         let stats: BTreeMap<u32, (u64, u64)> = aya::programs::loaded_programs()
             .filter_map(Result::ok)
             .map(|i| (i.id(), (i.run_count(), i.run_time().as_nanos() as u64)))
             .collect();
-        let st = |id: Option<u32>| id.and_then(|i| stats.get(&i).copied()).unwrap_or((0, 0));
-        let ours = |kind: &str, attach: &str, program: &str, prog_id: Option<u32>, mode: Option<AttachMode>| {
-            let (run_count, run_time_ns) = st(prog_id);
+        let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|i| (i.id(), i.name_as_str().unwrap_or("?").to_string()))
+            .collect();
+        let probe = |kind: ProbeKind, attach: &str, program: &str, prog_id: Option<u32>, state: &str| {
+            let (run_count, run_time_ns) = prog_id.and_then(|i| stats.get(&i).copied()).unwrap_or((0, 0));
             Probe {
-                id: format!("{kind}/{attach}"),
-                kind: kind.into(),
+                id: ProbeId::new(kind, attach).to_string(),
+                kind: kind.as_str().into(),
                 attach: attach.into(),
                 program: program.into(),
                 prog_id,
                 owner: "sluice".into(),
-                mode,
+                mode: None,
+                state: state.into(),
+                error: None,
                 run_count,
                 run_time_ns,
             }
         };
+        let foreign = |kind: ProbeKind, attach: &str, id: u32, name: Option<&str>| {
+            let mut p = probe(
+                kind,
+                attach,
+                name.filter(|n| !n.is_empty())
+                    .or(names.get(&id).map(String::as_str))
+                    .unwrap_or("?"),
+                Some(id),
+                "enabled",
+            );
+            p.id = format!("{}/foreign-{id}", p.id);
+            p.owner = "foreign".into();
+            p
+        };
         let tc_ids: BTreeMap<&str, Option<u32>> = self.tc_program_ids().into_iter().collect();
+        let xdp_id = self.program_id();
+        let no_hooks = NetlinkHooks::default();
         let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
         for a in self.attachments() {
-            out.push(ours("xdp", &a.name, names::PROGRAM, self.program_id(), Some(a.mode)));
-            for (kind, ty, prog) in [
-                ("tc-ingress", TcAttachType::Ingress, sluice_abi::tc::INGRESS),
-                ("tc-egress", TcAttachType::Egress, sluice_abi::tc::EGRESS),
+            let nl = hooks.get(&a.ifindex).unwrap_or(&no_hooks);
+            let state = |k| if a.has(k) { "enabled" } else { "disabled" };
+            let mut x = probe(
+                ProbeKind::Xdp,
+                &a.name,
+                names::PROGRAM,
+                a.has(ProbeKind::Xdp).then_some(xdp_id).flatten(),
+                state(ProbeKind::Xdp),
+            );
+            x.mode = a.mode();
+            out.push(x);
+            for id in nl.xdp.iter().filter(|i| Some(**i) != xdp_id) {
+                out.push(foreign(ProbeKind::Xdp, &a.name, *id, None));
+            }
+            for (kind, ty, prog, legacy) in [
+                (
+                    ProbeKind::TcIngress,
+                    TcAttachType::Ingress,
+                    sluice_abi::tc::INGRESS,
+                    &nl.tc_ingress,
+                ),
+                (
+                    ProbeKind::TcEgress,
+                    TcAttachType::Egress,
+                    sluice_abi::tc::EGRESS,
+                    &nl.tc_egress,
+                ),
             ] {
                 let mine = tc_ids.get(prog).copied().flatten();
-                if a.tc {
-                    out.push(ours(kind, &a.name, prog, mine, None));
+                out.push(probe(
+                    kind,
+                    &a.name,
+                    prog,
+                    a.has(kind).then_some(mine).flatten(),
+                    state(kind),
+                ));
+                let tcx = SchedClassifier::query_tcx(&a.name, ty).map(|r| r.1).unwrap_or_default();
+                for info in tcx.iter().filter(|i| Some(i.id()) != mine) {
+                    out.push(foreign(kind, &a.name, info.id(), info.name_as_str()));
                 }
-                let attached = SchedClassifier::query_tcx(&a.name, ty).map(|r| r.1).unwrap_or_default();
-                for info in attached.iter().filter(|i| Some(i.id()) != mine) {
-                    let (run_count, run_time_ns) = st(Some(info.id()));
-                    out.push(Probe {
-                        id: format!("{kind}/{}/foreign-{}", a.name, info.id()),
-                        kind: kind.into(),
-                        attach: a.name.clone(),
-                        program: info.name_as_str().unwrap_or("?").into(),
-                        prog_id: Some(info.id()),
-                        owner: "foreign".into(),
-                        mode: None,
-                        run_count,
-                        run_time_ns,
-                    });
+                for (id, name) in legacy {
+                    out.push(foreign(kind, &a.name, *id, Some(name)));
                 }
             }
+            for k in [ProbeKind::Xdp, ProbeKind::TcIngress, ProbeKind::TcEgress] {
+                seen.insert(ProbeId::new(k, &a.name));
+            }
         }
-        if let Some(id) = self.trace_program_id() {
-            out.push(ours(
-                "trace",
-                sluice_abi::trace::TRACEPOINT,
-                sluice_abi::trace::PROGRAM,
-                Some(id),
-                None,
-            ));
+        for (ifindex, (name, why)) in &self.failed {
+            let mut p = probe(ProbeKind::Xdp, name, names::PROGRAM, None, "failed");
+            p.error = Some(why.clone());
+            out.push(p);
+            seen.insert(ProbeId::new(ProbeKind::Xdp, name));
+            for id in hooks.get(ifindex).map(|h| h.xdp.as_slice()).unwrap_or_default() {
+                out.push(foreign(ProbeKind::Xdp, name, *id, None));
+            }
+        }
+        let trace = self.trace_program_id();
+        out.push(probe(
+            ProbeKind::Trace,
+            sluice_abi::trace::TRACEPOINT,
+            sluice_abi::trace::PROGRAM,
+            trace,
+            if trace.is_some() {
+                "enabled"
+            } else if self.disabled.contains(&ProbeId::trace()) {
+                "disabled"
+            } else {
+                "failed"
+            },
+        ));
+        seen.insert(ProbeId::trace());
+        // Disabled probes of interfaces that are not here now.
+        for id in self.disabled.iter().filter(|id| !seen.contains(*id)) {
+            let program = match id.kind {
+                ProbeKind::Xdp => names::PROGRAM,
+                ProbeKind::TcIngress => sluice_abi::tc::INGRESS,
+                ProbeKind::TcEgress => sluice_abi::tc::EGRESS,
+                ProbeKind::Trace => sluice_abi::trace::PROGRAM,
+            };
+            out.push(probe(id.kind, &id.attach, program, None, "disabled"));
         }
         out
+    }
+
+    /// Sets the disabled set before anything is attached (daemon start).
+    pub fn set_disabled(&mut self, disabled: BTreeSet<ProbeId>) {
+        self.disabled = disabled;
+    }
+
+    /// True unless the operator disabled this probe.
+    pub fn wants(&self, kind: ProbeKind, attach: &str) -> bool {
+        !self.disabled.contains(&ProbeId::new(kind, attach))
+    }
+
+    /// Enables or disables one probe, at once: the link is detached and
+    /// unpinned, or attached (adopting nothing: a fresh link). Returns
+    /// whether the probe's attach point exists now (a probe of an absent
+    /// interface takes effect when the interface appears). On failure the
+    /// previous state is restored.
+    pub fn set_probe(&mut self, id: &ProbeId, enabled: bool) -> Result<bool, DataplaneError> {
+        let before = self.disabled.clone();
+        if enabled {
+            self.disabled.remove(id);
+        } else {
+            self.disabled.insert(id.clone());
+        }
+        let r = match id.kind {
+            ProbeKind::Trace => {
+                if enabled && self.trace.is_none() {
+                    self.attach_trace().map(|_| true)
+                } else {
+                    if !enabled {
+                        self.trace = None;
+                    }
+                    Ok(true)
+                }
+            }
+            _ => match self.attached.values().find(|a| a.name == id.attach).map(|a| a.ifindex) {
+                Some(ifindex) => self.sync(ifindex).map(|_| true),
+                None => Ok(false),
+            },
+        };
+        if r.is_err() {
+            self.disabled = before;
+            if let Some(ifindex) = self.attached.values().find(|a| a.name == id.attach).map(|a| a.ifindex) {
+                let _ = self.sync(ifindex);
+            }
+        }
+        r
     }
 
     /// Kernel id of the loaded XDP program.
@@ -606,106 +776,155 @@ impl Dataplane {
         pinned_links(&self.links_dir())
     }
 
-    /// Attaches to `ifindex`, or adopts the link an earlier daemon pinned
-    /// there by atomically swapping this daemon's program into it.
+    /// Attaches the enabled probes to `ifindex`, adopting the links an
+    /// earlier daemon pinned there by atomically swapping this daemon's
+    /// programs into them. An XDP failure (e.g. another owner's program on
+    /// the hook: sluice never replaces one) leaves the interface unmanaged
+    /// and is reported by [`Dataplane::probes`].
     pub fn attach(&mut self, ifindex: u32, name: &str) -> Result<&Attachment, DataplaneError> {
         if self.attached.contains_key(&ifindex) {
             return Ok(&self.attached[&ifindex]);
         }
-        let pinned = self.pinned_links().into_iter().find(|(i, _, _)| *i == ifindex);
-        let mut att = match pinned {
-            Some((_, mode, pin)) => match self.adopt(&pin) {
-                Ok(link) => Attachment {
-                    ifindex,
-                    name: name.into(),
-                    mode,
-                    adopted: true,
-                    tc: false,
-                    pin,
-                    _link: link,
-                    tc_links: Vec::new(),
-                },
-                Err(e) => {
-                    // A stale pin (interface recreated with the same index, or
-                    // a link the kernel already tore down): replace it.
-                    tracing::warn!(ifindex, name, error = %e, "pinned link unusable, attaching afresh");
-                    let _ = fs::remove_file(&pin);
-                    self.attach_new(ifindex, name)?
-                }
-            },
-            None => self.attach_new(ifindex, name)?,
+        let mut att = Attachment {
+            ifindex,
+            name: name.into(),
+            adopted: false,
+            xdp: None,
+            tc_links: Vec::new(),
         };
-        match self.attach_tc(ifindex) {
-            Ok(links) => {
-                att.tc = true;
-                att.tc_links = links;
-            }
-            Err(e) => {
-                tracing::warn!(ifindex, name, error = %chain(&e), "TC programs not attached: forwards and redirects will not apply here")
-            }
+        if let Err(e) = self.sync_xdp(&mut att) {
+            self.failed.insert(ifindex, (name.into(), chain(&e)));
+            return Err(e);
         }
-        tracing::info!(ifindex, name, mode = ?att.mode, adopted = att.adopted, tc = att.tc, "XDP firewall attached");
+        self.failed.remove(&ifindex);
+        if let Err(e) = self.sync_tc(&mut att) {
+            tracing::warn!(ifindex, name, error = %chain(&e), "TC programs not attached: forwards and redirects will not apply here");
+        }
+        tracing::info!(ifindex, name, mode = ?att.mode(), adopted = att.adopted, tc = att.tc(), "attached");
         Ok(self.attached.entry(ifindex).or_insert(att))
     }
 
-    /// Attaches (or adopts the pinned links of) the TC programs: tcx
-    /// ingress and egress, each pinned like the XDP link.
-    fn attach_tc(&mut self, ifindex: u32) -> Result<Vec<(PathBuf, FdLink)>, DataplaneError> {
-        let mut out = Vec::new();
-        let r = self.attach_tc_into(ifindex, &mut out);
-        if let Err(e) = r {
-            // All or nothing: one hook without the other would leave a
-            // program running that status reports as absent.
-            for (pin, _) in &out {
-                let _ = fs::remove_file(pin);
-            }
-            return Err(e);
-        }
-        Ok(out)
+    /// Makes an attachment's links match the enabled probes of its name.
+    fn sync(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let Some(mut att) = self.attached.remove(&ifindex) else {
+            return Ok(());
+        };
+        let r = self.sync_xdp(&mut att).and_then(|_| self.sync_tc(&mut att));
+        self.attached.insert(ifindex, att);
+        r
     }
 
-    fn attach_tc_into(&mut self, ifindex: u32, out: &mut Vec<(PathBuf, FdLink)>) -> Result<(), DataplaneError> {
-        for (prog_name, ty, tag) in [
-            (sluice_abi::tc::INGRESS, TcAttachType::Ingress, "in"),
-            (sluice_abi::tc::EGRESS, TcAttachType::Egress, "out"),
-        ] {
-            let pin = self.links_dir().join(format!("tcx_{tag}_{ifindex}"));
-            let prog: &mut SchedClassifier = self
-                .tc
-                .program_mut(prog_name)
-                .ok_or(DataplaneError::Missing(prog_name))?
-                .try_into()?;
-            let adopted = match PinnedLink::from_pin(&pin) {
-                Ok(old) => {
-                    let link = aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(old))?;
-                    match prog.attach_to_link(link) {
-                        Ok(id) => Some(id),
-                        Err(e) => {
-                            tracing::warn!(ifindex, error = %e, "pinned tcx link unusable, attaching afresh");
-                            let _ = fs::remove_file(&pin);
-                            None
-                        }
+    fn sync_xdp(&mut self, att: &mut Attachment) -> Result<(), DataplaneError> {
+        let want = self.wants(ProbeKind::Xdp, &att.name);
+        if !want {
+            if let Some(h) = att.xdp.take() {
+                unpin(&h.pin);
+                tracing::info!(ifindex = att.ifindex, name = %att.name, "XDP firewall disabled here");
+            }
+            // A link an earlier daemon pinned would keep the program running.
+            for (_, _, pin) in self.pinned_links().into_iter().filter(|(i, _, _)| *i == att.ifindex) {
+                unpin(&pin);
+            }
+            return Ok(());
+        }
+        if att.xdp.is_some() {
+            return Ok(());
+        }
+        let pinned = self.pinned_links().into_iter().find(|(i, _, _)| *i == att.ifindex);
+        let hook = match pinned {
+            Some((_, mode, pin)) => match self.adopt(&pin) {
+                Ok(link) => {
+                    att.adopted = true;
+                    XdpHook { mode, pin, _link: link }
+                }
+                Err(e) => {
+                    // A stale pin (interface recreated with the same index, or
+                    // a link the kernel already tore down): replace it.
+                    tracing::warn!(ifindex = att.ifindex, name = %att.name, error = %e, "pinned link unusable, attaching afresh");
+                    let _ = fs::remove_file(&pin);
+                    self.attach_new(att.ifindex, &att.name)?
+                }
+            },
+            None => self.attach_new(att.ifindex, &att.name)?,
+        };
+        att.xdp = Some(hook);
+        Ok(())
+    }
+
+    /// Attaches (or adopts the pinned links of) the enabled TC programs,
+    /// tcx ingress and egress, each pinned like the XDP link; detaches the
+    /// disabled ones. The hooks attached by one call are all or nothing: one
+    /// without the other would leave a program running that status reports
+    /// as absent.
+    fn sync_tc(&mut self, att: &mut Attachment) -> Result<(), DataplaneError> {
+        let mut added = Vec::new();
+        for (kind, tag) in [(ProbeKind::TcIngress, "in"), (ProbeKind::TcEgress, "out")] {
+            let want = self.wants(kind, &att.name);
+            if !want {
+                if let Some(i) = att.tc_links.iter().position(|h| h.kind == kind) {
+                    unpin(&att.tc_links.remove(i).pin);
+                    tracing::info!(ifindex = att.ifindex, name = %att.name, probe = kind.as_str(), "TC program disabled here");
+                }
+                unpin(&self.links_dir().join(format!("tcx_{tag}_{}", att.ifindex)));
+                continue;
+            }
+            if att.has(kind) {
+                continue;
+            }
+            match self.attach_tc_hook(att.ifindex, kind, tag) {
+                Ok(h) => added.push(h),
+                Err(e) => {
+                    for h in added {
+                        unpin(&h.pin);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        att.tc_links.extend(added);
+        Ok(())
+    }
+
+    fn attach_tc_hook(&mut self, ifindex: u32, kind: ProbeKind, tag: &str) -> Result<TcHook, DataplaneError> {
+        let (prog_name, ty) = match kind {
+            ProbeKind::TcIngress => (sluice_abi::tc::INGRESS, TcAttachType::Ingress),
+            _ => (sluice_abi::tc::EGRESS, TcAttachType::Egress),
+        };
+        let pin = self.links_dir().join(format!("tcx_{tag}_{ifindex}"));
+        let prog: &mut SchedClassifier = self
+            .tc
+            .program_mut(prog_name)
+            .ok_or(DataplaneError::Missing(prog_name))?
+            .try_into()?;
+        let adopted = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(old))?;
+                match prog.attach_to_link(link) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::warn!(ifindex, error = %e, "pinned tcx link unusable, attaching afresh");
+                        let _ = fs::remove_file(&pin);
+                        None
                     }
                 }
-                Err(_) => None,
-            };
-            let (id, fresh) = match adopted {
-                Some(id) => (id, false),
-                None => {
-                    let name = ifname(ifindex).ok_or(DataplaneError::Missing("interface"))?;
-                    let id = prog.attach_with_options(
-                        &name,
-                        ty,
-                        aya::programs::tc::TcAttachOptions::TcxOrder(aya::programs::LinkOrder::default()),
-                    )?;
-                    (id, true)
-                }
-            };
-            let link = FdLink::try_from(prog.take_link(id)?)?;
-            let link = if fresh { link.pin(&pin)?.into() } else { link };
-            out.push((pin, link));
-        }
-        Ok(())
+            }
+            Err(_) => None,
+        };
+        let (id, fresh) = match adopted {
+            Some(id) => (id, false),
+            None => {
+                let name = ifname(ifindex).ok_or(DataplaneError::Missing("interface"))?;
+                let id = prog.attach_with_options(
+                    &name,
+                    ty,
+                    aya::programs::tc::TcAttachOptions::TcxOrder(aya::programs::LinkOrder::default()),
+                )?;
+                (id, true)
+            }
+        };
+        let link = FdLink::try_from(prog.take_link(id)?)?;
+        let link = if fresh { link.pin(&pin)?.into() } else { link };
+        Ok(TcHook { kind, pin, _link: link })
     }
 
     fn adopt(&mut self, pin: &Path) -> Result<FdLink, DataplaneError> {
@@ -717,7 +936,7 @@ impl Dataplane {
         Ok(FdLink::try_from(link)?)
     }
 
-    fn attach_new(&mut self, ifindex: u32, name: &str) -> Result<Attachment, DataplaneError> {
+    fn attach_new(&mut self, ifindex: u32, name: &str) -> Result<XdpHook, DataplaneError> {
         let prog = self.xdp();
         let (id, mode) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(id) => (id, AttachMode::Native),
@@ -735,28 +954,18 @@ impl Dataplane {
         let link = FdLink::try_from(prog.take_link(id)?)?;
         let pin = self.links_dir().join(format!("xdp_{ifindex}_{}", mode.tag()));
         let link: FdLink = link.pin(&pin)?.into();
-        Ok(Attachment {
-            ifindex,
-            name: name.into(),
-            mode,
-            adopted: false,
-            tc: false,
-            pin,
-            _link: link,
-            tc_links: Vec::new(),
-        })
+        Ok(XdpHook { mode, pin, _link: link })
     }
 
-    /// Detaches from `ifindex` (unpins and closes the link). Returns the
+    /// Detaches from `ifindex` (unpins and closes the links). Returns the
     /// attachment that was removed, if any.
     pub fn detach(&mut self, ifindex: u32) -> Option<Attachment> {
+        self.failed.remove(&ifindex);
         let att = self.attached.remove(&ifindex)?;
-        for pin in std::iter::once(&att.pin).chain(att.tc_links.iter().map(|(p, _)| p)) {
-            if let Err(e) = fs::remove_file(pin) {
-                tracing::warn!(pin = %pin.display(), error = %e, "unpinning link");
-            }
+        for pin in att.pins() {
+            unpin(pin);
         }
-        tracing::info!(ifindex, name = %att.name, "XDP firewall detached");
+        tracing::info!(ifindex, name = %att.name, "detached");
         Some(att)
     }
 
@@ -781,15 +990,37 @@ impl Dataplane {
         self.attached.values()
     }
 
-    /// Renames an attachment after an interface rename.
+    /// Interfaces that matched but could not be attached: (ifindex, name, why).
+    pub fn failed(&self) -> impl Iterator<Item = (u32, &str, &str)> {
+        self.failed.iter().map(|(i, (n, w))| (*i, n.as_str(), w.as_str()))
+    }
+
+    /// Renames an attachment after an interface rename; probe states follow
+    /// the new name.
     pub fn rename(&mut self, ifindex: u32, name: &str) {
         if let Some(a) = self.attached.get_mut(&ifindex) {
+            if a.name == name {
+                return;
+            }
             a.name = name.to_string();
+            if let Err(e) = self.sync(ifindex) {
+                tracing::warn!(ifindex, name, error = %chain(&e), "applying probe states after a rename");
+            }
         }
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+/// Removes a link pin (detaching the link unless someone else holds it).
+fn unpin(pin: &Path) {
+    match fs::remove_file(pin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(pin = %pin.display(), error = %e, "unpinning link"),
+    }
+}
+
+/// An error with its causes, one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
