@@ -93,6 +93,27 @@ enum Cmd {
         #[command(flatten)]
         c: ClientOpts,
     },
+    /// Make the whole rule set (deny, allow, limits, forwards, redirects,
+    /// probe states) equal to a policy file, all or nothing, printing the diff.
+    Apply {
+        /// The policy file (TOML, as `sluice export` writes it); `-` for stdin.
+        #[arg(long, short)]
+        file: PathBuf,
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Print the whole rule set as a policy file (TOML) that `sluice apply`
+    /// takes back unchanged.
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
     /// The programs sluice runs, per attach point (and other owners' programs
     /// on the same hooks), with kernel run statistics.
     Probes {
@@ -376,6 +397,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Limit { op } => limit(op).await,
         Cmd::Forward { op } => forward(op).await,
         Cmd::Probes { op } => probes(op).await,
+        Cmd::Apply { file, dry_run, c } => apply(&file, dry_run, &c).await,
+        Cmd::Export { output, c } => export(output.as_deref(), &c).await,
         Cmd::Redirect { op } => redirect(op).await,
         Cmd::L7 {
             proto,
@@ -778,6 +801,79 @@ async fn forward(op: ForwardOp) -> Result<()> {
                     f.comment.as_deref().unwrap_or("")
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+async fn apply(file: &std::path::Path, dry_run: bool, c: &ClientOpts) -> Result<()> {
+    let text = if file == std::path::Path::new("-") {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).context("reading the policy from stdin")?;
+        t
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let policy = sluice::policy::from_toml(&text).with_context(|| format!("{}", file.display()))?;
+    let path = if dry_run {
+        "/v1/policy?dry_run=true"
+    } else {
+        "/v1/policy"
+    };
+    let d: sluice::policy::PolicyDiff = Client::new(&c.socket).post(path, &policy).await?;
+    if c.json {
+        return print_json(&d);
+    }
+    for l in &d.removed {
+        println!("- {l}");
+    }
+    for l in &d.added {
+        println!("+ {l}");
+    }
+    for l in &d.changed {
+        println!("~ {l}");
+    }
+    let counts = format!(
+        "{} added, {} removed, {} changed, {} unchanged",
+        d.added.len(),
+        d.removed.len(),
+        d.changed.len(),
+        d.unchanged
+    );
+    if d.is_empty() {
+        println!(
+            "nothing to change: the running rule set equals {} ({} entries)",
+            file.display(),
+            d.unchanged
+        );
+    } else if dry_run {
+        println!("dry run: would apply {counts}; nothing changed");
+    } else {
+        println!("applied: {counts}");
+    }
+    Ok(())
+}
+
+async fn export(output: Option<&std::path::Path>, c: &ClientOpts) -> Result<()> {
+    let p: sluice::policy::Policy = Client::new(&c.socket).get("/v1/policy").await?;
+    if c.json {
+        return print_json(&p);
+    }
+    let text = sluice::policy::to_toml(&p);
+    match output {
+        None => print!("{text}"),
+        Some(path) => {
+            // Written whole or not at all: a temporary file renamed over it.
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let mut tmp =
+                tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
+            std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+            tmp.persist(path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote the policy to {}", path.display());
         }
     }
     Ok(())

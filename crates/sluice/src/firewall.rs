@@ -268,6 +268,26 @@ impl Firewall {
         Ok(rule)
     }
 
+    /// Changes a rule's comment (the store only: the kernel never sees
+    /// comments).
+    pub fn set_comment(&mut self, key: &RuleKey, comment: Option<String>) -> Result<(), FwError> {
+        let comment = comment.filter(|c| !c.is_empty());
+        if let Some(c) = &comment {
+            crate::rules::validate_comment(c)?;
+        }
+        let id = *self.by_key.get(key).ok_or_else(|| FwError::NotFound {
+            action: key.action.as_str(),
+            what: format!("for {} {}", key.dir.as_str(), key.cidr),
+        })?;
+        let tx = self.store.begin()?;
+        tx.set_comment(id, comment.as_deref())?;
+        tx.commit()?;
+        if let Some(r) = self.rules.get_mut(&id) {
+            r.spec.comment = comment;
+        }
+        Ok(())
+    }
+
     /// Rules of `action` with their hit counters.
     pub fn list(&self, action: Action) -> Result<Vec<(Rule, Counter)>, FwError> {
         self.rules

@@ -13,6 +13,7 @@ pub mod l7;
 pub mod lab;
 pub mod limits;
 pub mod nat;
+pub mod policy;
 pub mod probes;
 pub mod procfs;
 pub mod rules;

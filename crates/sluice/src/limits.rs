@@ -201,7 +201,7 @@ pub struct LimitRequest {
     pub conns: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_source: bool,
     /// A duration such as `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

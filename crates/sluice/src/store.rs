@@ -272,6 +272,13 @@ impl StoreTx<'_> {
         Ok(self.tx.last_insert_rowid())
     }
 
+    pub fn set_comment(&self, id: i64, comment: Option<&str>) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .execute("UPDATE fw_rules SET comment = ?2 WHERE id = ?1", params![id, comment])?;
+        Ok(n == 1)
+    }
+
     pub fn delete(&self, id: i64) -> Result<bool, StoreError> {
         let n = self
             .tx

@@ -241,6 +241,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/redirects/{id}", delete(delete_redirect))
         .route("/v1/l7", get(l7_records))
         .route("/v1/probes", get(list_probes))
+        .route("/v1/policy", get(export_policy).post(apply_policy))
         .route("/v1/probes/stats", axum::routing::put(set_probe_stats))
         .route("/v1/probes/{kind}/{attach}", axum::routing::put(set_probe_state))
         .route("/v1/events", get(events_sse))
@@ -536,6 +537,54 @@ async fn list_probes(State(s): State<AppState>) -> ApiResult<Json<ProbeList>> {
         }))
     })
     .await
+}
+
+async fn export_policy(State(s): State<AppState>) -> ApiResult<Json<crate::policy::Policy>> {
+    blocking(move || crate::policy::export(&s).map(Json).map_err(ApiError::from)).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /v1/policy[?dry_run=true]`: makes the rule set equal to the body,
+/// all or nothing, and answers with the diff.
+async fn apply_policy(
+    State(s): State<AppState>,
+    Query(q): Query<ApplyQuery>,
+    Json(p): Json<crate::policy::Policy>,
+) -> ApiResult<Json<crate::policy::PolicyDiff>> {
+    blocking(move || {
+        let d = crate::policy::apply(&s, &p, q.dry_run)?;
+        if d.applied {
+            tracing::info!(
+                added = d.added.len(),
+                removed = d.removed.len(),
+                changed = d.changed.len(),
+                "policy applied"
+            );
+        }
+        Ok(Json(d))
+    })
+    .await
+}
+
+impl From<crate::policy::PolicyError> for ApiError {
+    fn from(e: crate::policy::PolicyError) -> Self {
+        use crate::policy::PolicyError as P;
+        let code = match &e {
+            P::Invalid(_) => StatusCode::BAD_REQUEST,
+            P::Failed(_) => StatusCode::CONFLICT,
+            P::Partial(..) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if code == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "policy apply");
+        }
+        ApiError(code, e.to_string())
+    }
 }
 
 /// Body of `PUT /v1/probes/{kind}/{attach}`.

@@ -73,7 +73,7 @@ pub struct LimitSummary {
 pub struct RuleRequest {
     pub cidr: String,
     /// Match the destination address instead of the source.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dst: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,

@@ -1,0 +1,663 @@
+//! Policy as code: the whole rule set (deny, allow, limits, forwards,
+//! redirects, disabled probes) as one document. `sluice export` writes it as
+//! TOML; `sluice apply -f FILE [--dry-run]` makes the running rule set equal
+//! to it. Each section holds exactly the bodies the REST API takes, so a
+//! policy file is validated by the same code as a single `POST`.
+//!
+//! Applying is all or nothing: the whole document is validated and diffed
+//! first (nothing is touched if any entry is bad); then, holding every rule
+//! controller's lock, the changes run in an order that never loosens the
+//! firewall in between (new deny/allow entries are added before stale ones
+//! go); if any step fails, the steps already done are undone in reverse, and
+//! the error says nothing was changed. Entries are identified by what they
+//! match: a deny/allow rule by (CIDR, direction), whose comment alone can
+//! change in place; limits, forwards and redirects by their whole
+//! validated spec (a changed one is removed and re-added).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    api::{types::RuleRequest, Ctl},
+    firewall::{FwError, Selector},
+    limits::{LimitKind, LimitRequest, LimitSpec, LimiterError},
+    nat::{ForwardRequest, ForwardSpec, NatError, RedirectRequest, RedirectSpec},
+    probes::ProbeId,
+    rules::{Action, RuleKey, RuleSpec},
+};
+
+/// Version of the policy document format.
+pub const POLICY_VERSION: u32 = 1;
+
+/// The whole rule set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Format version; 1 (the default) is the only one.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<RuleRequest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<RuleRequest>,
+    #[serde(default, rename = "limit", skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitRequest>,
+    #[serde(default, rename = "forward", skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<ForwardRequest>,
+    #[serde(default, rename = "redirect", skip_serializing_if = "Vec::is_empty")]
+    pub redirects: Vec<RedirectRequest>,
+    #[serde(default)]
+    pub probes: ProbesSection,
+}
+
+fn default_version() -> u32 {
+    POLICY_VERSION
+}
+
+/// Probe states: every probe not listed as disabled is enabled.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbesSection {
+    #[serde(default)]
+    pub disabled: Vec<String>,
+}
+
+/// What applying a policy changes (or, with dry run, would change). Each
+/// line describes one entry, as the CLI prints it after `+`, `-` or `~`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+    /// False for a dry run (or when there was nothing to do).
+    pub applied: bool,
+}
+
+impl PolicyDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Bad input: names the section and entry.
+    #[error("{0}")]
+    Invalid(String),
+    /// A step failed (map full, interface busy, ...); everything done was
+    /// undone.
+    #[error("{0}; nothing was changed")]
+    Failed(String),
+    /// A step failed and so did undoing one of the earlier steps.
+    #[error("{0}; undoing the partial change also failed ({1}): compare `sluice export` with the file")]
+    Partial(String, String),
+}
+
+/// A policy validated in full.
+struct Validated {
+    rules: Vec<RuleSpec>,
+    limits: Vec<LimitSpec>,
+    forwards: Vec<(ForwardSpec, ForwardRequest)>,
+    redirects: Vec<(RedirectSpec, RedirectRequest)>,
+    disabled: BTreeSet<ProbeId>,
+}
+
+fn validate(p: &Policy) -> Result<Validated, PolicyError> {
+    let bad = |what: &str, i: usize, e: &dyn std::fmt::Display| PolicyError::Invalid(format!("{what}[{}]: {e}", i + 1));
+    if p.version != POLICY_VERSION {
+        return Err(PolicyError::Invalid(format!(
+            "policy version {} is not supported (this sluice writes and reads version {POLICY_VERSION})",
+            p.version
+        )));
+    }
+    let mut rules = Vec::new();
+    let mut keys = BTreeSet::new();
+    for (what, action, list) in [("deny", Action::Deny, &p.deny), ("allow", Action::Allow, &p.allow)] {
+        for (i, r) in list.iter().enumerate() {
+            let spec = RuleSpec::new(action, &r.cidr, r.dst, r.comment.clone()).map_err(|e| bad(what, i, &e))?;
+            if !keys.insert(spec.key()) {
+                return Err(bad(what, i, &format!("{} is listed twice", spec.key().describe())));
+            }
+            rules.push(spec);
+        }
+    }
+    let mut limits: Vec<LimitSpec> = Vec::new();
+    for (i, l) in p.limits.iter().enumerate() {
+        let spec = l.validate().map_err(|e| bad("limit", i, &e))?;
+        if let Some(j) = limits.iter().position(|o| o.m == spec.m && o.kind == spec.kind) {
+            return Err(bad(
+                "limit",
+                i,
+                &format!("conflicts with limit[{}]: same match ({}) and kind", j + 1, spec.m),
+            ));
+        }
+        limits.push(spec);
+    }
+    let mut forwards: Vec<(ForwardSpec, ForwardRequest)> = Vec::new();
+    for (i, f) in p.forwards.iter().enumerate() {
+        let spec = f.validate().map_err(|e| bad("forward", i, &e))?;
+        if let Some(j) = forwards
+            .iter()
+            .position(|(o, _)| o.service == spec.service && o.proto == spec.proto)
+        {
+            return Err(bad(
+                "forward",
+                i,
+                &format!("matches the same service as forward[{}]", j + 1),
+            ));
+        }
+        forwards.push((spec, f.clone()));
+    }
+    let mut redirects: Vec<(RedirectSpec, RedirectRequest)> = Vec::new();
+    for (i, r) in p.redirects.iter().enumerate() {
+        let spec = r.validate().map_err(|e| bad("redirect", i, &e))?;
+        if let Some(j) = redirects.iter().position(|(o, _)| o.cidr == spec.cidr) {
+            return Err(bad(
+                "redirect",
+                i,
+                &format!("redirects the same CIDR as redirect[{}]", j + 1),
+            ));
+        }
+        redirects.push((spec, r.clone()));
+    }
+    let mut disabled = BTreeSet::new();
+    for (i, id) in p.probes.disabled.iter().enumerate() {
+        let id: ProbeId = id.parse().map_err(|e| bad("probes.disabled", i, &e))?;
+        if !disabled.insert(id.clone()) {
+            return Err(bad("probes.disabled", i, &format!("{id} is listed twice")));
+        }
+    }
+    Ok(Validated {
+        rules,
+        limits,
+        forwards,
+        redirects,
+        disabled,
+    })
+}
+
+/// A limit spec as the request that validates back to it.
+pub fn limit_request(s: &LimitSpec) -> LimitRequest {
+    let rate = Some(s.rate as i64);
+    let (mut pps, mut bps, mut conns) = (None, None, None);
+    match s.kind {
+        LimitKind::Pps => pps = rate,
+        LimitKind::Bps => bps = rate,
+        LimitKind::Conns => conns = rate,
+    }
+    let dst_port = match (s.m.dst_port, s.m.proto) {
+        // A conns rule's tcp is implied.
+        (Some(p), Some(pr)) if s.kind != LimitKind::Conns => Some(format!("{p}/{pr}")),
+        (Some(p), _) => Some(p.to_string()),
+        (None, _) => None,
+    };
+    LimitRequest {
+        src: s.m.src.map(|c| c.to_string()),
+        dst: s.m.dst.map(|c| c.to_string()),
+        dst_port,
+        pps,
+        bps,
+        conns,
+        burst: Some(s.burst as i64),
+        per_source: s.per_source,
+        warmup: (s.warmup_ms > 0)
+            .then(|| humantime::format_duration(std::time::Duration::from_millis(s.warmup_ms)).to_string()),
+        comment: s.comment.clone(),
+    }
+}
+
+fn forward_request(s: &ForwardSpec) -> ForwardRequest {
+    ForwardRequest {
+        service: format!("{}/{}", s.service, s.proto.as_str()),
+        to: s.targets.iter().map(|t| t.to_string()).collect(),
+        comment: s.comment.clone(),
+    }
+}
+
+fn redirect_request(s: &RedirectSpec) -> RedirectRequest {
+    RedirectRequest {
+        cidr: s.cidr.to_string(),
+        iface: s.iface.clone(),
+        comment: s.comment.clone(),
+    }
+}
+
+fn limit_line(s: &LimitSpec) -> String {
+    let mut l = format!("limit {} {} {}/s burst {}", s.m, s.kind.as_str(), s.rate, s.burst);
+    if s.per_source {
+        l.push_str(" per-source");
+    }
+    if s.warmup_ms > 0 {
+        l.push_str(&format!(" warmup {}ms", s.warmup_ms));
+    }
+    l
+}
+
+fn rule_line(s: &RuleSpec) -> String {
+    let mut l = s.key().describe();
+    if let Some(c) = &s.comment {
+        l.push_str(&format!(" ({c:?})"));
+    }
+    l
+}
+
+fn redirect_line(s: &RedirectSpec) -> String {
+    format!("redirect {} -> {}", s.cidr, s.iface)
+}
+
+/// The running rule set as a policy (what `sluice export` prints). Entries
+/// are sorted by what they match, not by id, so the same rule set always
+/// exports to the same text (and a file under version control diffs well).
+pub fn export(s: &Ctl) -> Result<Policy, PolicyError> {
+    let internal = |e: String| PolicyError::Failed(e);
+    let fw = s.fw.lock().unwrap();
+    let mut p = Policy {
+        version: POLICY_VERSION,
+        ..Default::default()
+    };
+    for action in [Action::Deny, Action::Allow] {
+        let mut rules: Vec<_> = fw.list(action).map_err(|e| internal(e.to_string()))?;
+        rules.sort_by_key(|(r, _)| r.spec.key());
+        let out = if action == Action::Deny {
+            &mut p.deny
+        } else {
+            &mut p.allow
+        };
+        for (r, _) in rules {
+            out.push(RuleRequest {
+                cidr: r.spec.cidr.to_string(),
+                dst: r.spec.dir == crate::rules::Direction::Dst,
+                comment: r.spec.comment.clone(),
+            });
+        }
+    }
+    drop(fw);
+    let lim = s.limits.lock().unwrap();
+    let mut limits = lim.list().map_err(|e| internal(e.to_string()))?;
+    limits.sort_by_cached_key(|(l, _)| limit_line(&l.spec));
+    p.limits = limits.iter().map(|(l, _)| limit_request(&l.spec)).collect();
+    drop(lim);
+    let nat = s.nat.lock().unwrap();
+    let mut f: Vec<_> = nat.forwards().collect();
+    f.sort_by_key(|f| (f.spec.service, f.spec.proto.as_str()));
+    p.forwards = f.iter().map(|f| forward_request(&f.spec)).collect();
+    let mut r: Vec<_> = nat.redirects().collect();
+    r.sort_by_key(|r| r.spec.cidr);
+    p.redirects = r.iter().map(|r| redirect_request(&r.spec)).collect();
+    drop(nat);
+    p.probes.disabled = s
+        .probes
+        .lock()
+        .unwrap()
+        .disabled()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    Ok(p)
+}
+
+/// One step done, and how to undo it.
+enum Undo {
+    RuleAdded(Action, RuleKey),
+    RuleRemoved(RuleSpec),
+    CommentChanged(RuleKey, Option<String>),
+    LimitAdded(i64),
+    LimitRemoved(LimitSpec),
+    ForwardAdded(i64),
+    ForwardRemoved(ForwardRequest),
+    RedirectAdded(i64),
+    RedirectRemoved(RedirectRequest),
+    Probe(ProbeId, bool),
+}
+
+/// Makes the running rule set equal to `policy` (or, with `dry_run`, only
+/// says what that would change).
+pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, PolicyError> {
+    let want = validate(policy)?;
+    // Every controller locked, in one order, for the whole apply: no other
+    // request can interleave, and the diff cannot go stale.
+    let mut fw = s.fw.lock().unwrap();
+    let mut lim = s.limits.lock().unwrap();
+    let mut nat = s.nat.lock().unwrap();
+    let mut probes = s.probes.lock().unwrap();
+    let mut diff = PolicyDiff::default();
+
+    // Firewall: by key; a comment alone changes in place.
+    let mut have: BTreeMap<RuleKey, RuleSpec> = BTreeMap::new();
+    for action in [Action::Deny, Action::Allow] {
+        for (r, _) in fw.list(action).map_err(|e| PolicyError::Failed(e.to_string()))? {
+            have.insert(r.spec.key(), r.spec);
+        }
+    }
+    let mut rule_adds = Vec::new();
+    let mut comment_changes = Vec::new();
+    for spec in &want.rules {
+        match have.remove(&spec.key()) {
+            None => {
+                diff.added.push(rule_line(spec));
+                rule_adds.push(spec.clone());
+            }
+            Some(old) if old.comment != spec.comment => {
+                diff.changed.push(format!(
+                    "{} (comment was {:?})",
+                    rule_line(spec),
+                    old.comment.clone().unwrap_or_default()
+                ));
+                comment_changes.push((spec.key(), spec.comment.clone(), old.comment));
+            }
+            Some(_) => diff.unchanged += 1,
+        }
+    }
+    let rule_removes: Vec<RuleSpec> = have.into_values().collect();
+    diff.removed.extend(rule_removes.iter().map(rule_line));
+
+    // Limits, forwards, redirects: by whole spec.
+    let cur_limits = lim.list().map_err(|e| PolicyError::Failed(e.to_string()))?;
+    let limit_removes: Vec<(i64, LimitSpec)> = cur_limits
+        .iter()
+        .filter(|(l, _)| !want.limits.contains(&l.spec))
+        .map(|(l, _)| (l.id, l.spec.clone()))
+        .collect();
+    let limit_adds: Vec<&LimitSpec> = want
+        .limits
+        .iter()
+        .filter(|w| !cur_limits.iter().any(|(l, _)| &l.spec == *w))
+        .collect();
+    diff.unchanged += want.limits.len() - limit_adds.len();
+    diff.removed.extend(limit_removes.iter().map(|(_, s)| limit_line(s)));
+    diff.added.extend(limit_adds.iter().map(|s| limit_line(s)));
+
+    let forward_removes: Vec<(i64, ForwardSpec)> = nat
+        .forwards()
+        .filter(|f| !want.forwards.iter().any(|(w, _)| *w == f.spec))
+        .map(|f| (f.id, f.spec.clone()))
+        .collect();
+    let forward_adds: Vec<&(ForwardSpec, ForwardRequest)> = want
+        .forwards
+        .iter()
+        .filter(|(w, _)| !nat.forwards().any(|f| f.spec == *w))
+        .collect();
+    diff.unchanged += want.forwards.len() - forward_adds.len();
+    diff.removed.extend(forward_removes.iter().map(|(_, s)| s.describe()));
+    diff.added.extend(forward_adds.iter().map(|(s, _)| s.describe()));
+
+    let redirect_removes: Vec<(i64, RedirectSpec)> = nat
+        .redirects()
+        .filter(|r| !want.redirects.iter().any(|(w, _)| *w == r.spec))
+        .map(|r| (r.id, r.spec.clone()))
+        .collect();
+    let redirect_adds: Vec<&(RedirectSpec, RedirectRequest)> = want
+        .redirects
+        .iter()
+        .filter(|(w, _)| !nat.redirects().any(|r| r.spec == *w))
+        .collect();
+    diff.unchanged += want.redirects.len() - redirect_adds.len();
+    diff.removed
+        .extend(redirect_removes.iter().map(|(_, s)| redirect_line(s)));
+    diff.added.extend(redirect_adds.iter().map(|(s, _)| redirect_line(s)));
+
+    // Probes: the listed ones disabled, every other one enabled.
+    let mut probe_changes: Vec<(ProbeId, bool)> = Vec::new();
+    for id in probes.disabled().difference(&want.disabled) {
+        diff.changed.push(format!("probe {id} enabled"));
+        probe_changes.push((id.clone(), true));
+    }
+    for id in want.disabled.difference(probes.disabled()) {
+        diff.changed.push(format!("probe {id} disabled"));
+        probe_changes.push((id.clone(), false));
+    }
+    diff.unchanged += want.disabled.intersection(probes.disabled()).count();
+
+    if dry_run || diff.is_empty() {
+        return Ok(diff);
+    }
+
+    let mut done: Vec<Undo> = Vec::new();
+    let fail = |e: String,
+                done: &mut Vec<Undo>,
+                fw: &mut crate::firewall::Firewall,
+                lim: &mut crate::limits::Limiter,
+                nat: &mut crate::nat::Nat,
+                probes: &mut crate::probes::ProbeStates| {
+        match undo(s, done, fw, lim, nat, probes) {
+            Ok(()) => PolicyError::Failed(e),
+            Err(u) => PolicyError::Partial(e, u),
+        }
+    };
+    macro_rules! step {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    return Err(fail(
+                        e.to_string(),
+                        &mut done,
+                        &mut fw,
+                        &mut lim,
+                        &mut nat,
+                        &mut probes,
+                    ))
+                }
+            }
+        };
+    }
+    // Tighten before loosening: new deny/allow entries first.
+    if !rule_adds.is_empty() {
+        let added = step!(fw.add(rule_adds));
+        done.extend(added.iter().map(|r| Undo::RuleAdded(r.spec.action, r.spec.key())));
+    }
+    for (key, comment, old) in comment_changes {
+        step!(fw.set_comment(&key, comment));
+        done.push(Undo::CommentChanged(key, old));
+    }
+    for spec in rule_removes {
+        step!(fw.delete(
+            spec.action,
+            &Selector::Cidr {
+                cidr: spec.cidr,
+                dir: spec.dir
+            }
+        ));
+        done.push(Undo::RuleRemoved(spec));
+    }
+    for (id, spec) in limit_removes {
+        step!(lim.delete(id));
+        done.push(Undo::LimitRemoved(spec));
+    }
+    for spec in limit_adds {
+        let l = step!(lim.add(spec.clone()));
+        done.push(Undo::LimitAdded(l.id));
+    }
+    for (id, spec) in forward_removes {
+        step!(nat.del_forward(id));
+        done.push(Undo::ForwardRemoved(forward_request(&spec)));
+    }
+    for (_, req) in forward_adds {
+        let f = step!(nat.add_forward(req));
+        done.push(Undo::ForwardAdded(f.id));
+    }
+    for (id, spec) in redirect_removes {
+        step!(nat.del_redirect(id));
+        done.push(Undo::RedirectRemoved(redirect_request(&spec)));
+    }
+    for (_, req) in redirect_adds {
+        let r = step!(nat.add_redirect(req));
+        done.push(Undo::RedirectAdded(r.id));
+    }
+    for (id, enabled) in probe_changes {
+        step!(set_probe(s, &mut probes, &id, enabled));
+        done.push(Undo::Probe(id, !enabled));
+    }
+    diff.applied = true;
+    Ok(diff)
+}
+
+/// One probe state change, kernel then store (the store failing puts the
+/// kernel back).
+fn set_probe(s: &Ctl, probes: &mut crate::probes::ProbeStates, id: &ProbeId, enabled: bool) -> Result<(), String> {
+    if let Some(dp) = &s.dp {
+        dp.lock()
+            .unwrap()
+            .set_probe(id, enabled)
+            .map_err(|e| format!("{id}: {}", crate::dataplane::chain(&e)))?;
+    }
+    if let Err(e) = probes.set(id, enabled) {
+        if let Some(dp) = &s.dp {
+            let _ = dp.lock().unwrap().set_probe(id, !enabled);
+        }
+        return Err(e.to_string());
+    }
+    Ok(())
+}
+
+/// Undoes `done` in reverse; the first failure is returned (the rest is
+/// still attempted).
+fn undo(
+    s: &Ctl,
+    done: &mut Vec<Undo>,
+    fw: &mut crate::firewall::Firewall,
+    lim: &mut crate::limits::Limiter,
+    nat: &mut crate::nat::Nat,
+    probes: &mut crate::probes::ProbeStates,
+) -> Result<(), String> {
+    let mut first: Option<String> = None;
+    while let Some(u) = done.pop() {
+        let r: Result<(), String> = match u {
+            Undo::RuleAdded(action, key) => fw
+                .delete(
+                    action,
+                    &Selector::Cidr {
+                        cidr: key.cidr,
+                        dir: key.dir,
+                    },
+                )
+                .map(drop)
+                .map_err(|e: FwError| e.to_string()),
+            Undo::RuleRemoved(spec) => fw.add(vec![spec]).map(drop).map_err(|e| e.to_string()),
+            Undo::CommentChanged(key, old) => fw.set_comment(&key, old).map_err(|e| e.to_string()),
+            Undo::LimitAdded(id) => lim.delete(id).map(drop).map_err(|e: LimiterError| e.to_string()),
+            Undo::LimitRemoved(spec) => lim.add(spec).map(drop).map_err(|e| e.to_string()),
+            Undo::ForwardAdded(id) => nat.del_forward(id).map(drop).map_err(|e: NatError| e.to_string()),
+            Undo::ForwardRemoved(req) => nat.add_forward(&req).map(drop).map_err(|e| e.to_string()),
+            Undo::RedirectAdded(id) => nat.del_redirect(id).map(drop).map_err(|e| e.to_string()),
+            Undo::RedirectRemoved(req) => nat.add_redirect(&req).map(drop).map_err(|e| e.to_string()),
+            Undo::Probe(id, enabled) => set_probe(s, probes, &id, enabled),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "undoing a partly applied policy");
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Parses a TOML policy file; errors carry the line and column.
+pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+    toml::from_str(text).map_err(|e| PolicyError::Invalid(e.to_string()))
+}
+
+/// Renders a policy as TOML, with a header saying what the file is.
+pub fn to_toml(p: &Policy) -> String {
+    let body = toml::to_string(p).expect("a policy serialises to TOML");
+    format!(
+        "# sluice policy: the whole rule set. `sluice apply -f FILE` makes the\n\
+         # running rules equal to this file (add --dry-run to only see the diff).\n{body}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_exports_to_the_request_that_validates_back_to_it() {
+        let reqs = [
+            LimitRequest {
+                pps: Some(100),
+                ..Default::default()
+            },
+            LimitRequest {
+                src: Some("10.0.0.0/8".into()),
+                dst_port: Some("53/udp".into()),
+                bps: Some(1_000_000),
+                burst: Some(3000),
+                per_source: true,
+                warmup: Some("1m".into()),
+                comment: Some("dns".into()),
+                ..Default::default()
+            },
+            LimitRequest {
+                dst: Some("2001:db8::/32".into()),
+                dst_port: Some("443".into()),
+                conns: Some(5),
+                ..Default::default()
+            },
+            LimitRequest {
+                conns: Some(7),
+                warmup: Some("1500ms".into()),
+                ..Default::default()
+            },
+        ];
+        for r in reqs {
+            let spec = r.validate().unwrap();
+            assert_eq!(limit_request(&spec).validate().unwrap(), spec, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn forwards_and_redirects_round_trip() {
+        for (m, to) in [
+            ("198.18.0.1:8080", vec!["198.18.1.2:80"]),
+            ("[2001:2::1]:53/udp", vec!["[2001:2::2]:5353", "[2001:2::3]:53"]),
+        ] {
+            let req = ForwardRequest {
+                service: m.into(),
+                to: to.into_iter().map(String::from).collect(),
+                comment: None,
+            };
+            let spec = req.validate().unwrap();
+            assert_eq!(forward_request(&spec).validate().unwrap(), spec);
+        }
+        let spec = RedirectRequest {
+            cidr: "198.18.9.0/24".into(),
+            iface: "veth1".into(),
+            comment: Some("c".into()),
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(redirect_request(&spec).validate().unwrap(), spec);
+    }
+
+    #[test]
+    fn bad_documents_name_the_entry_and_change_nothing() {
+        for (toml, why) in [
+            ("[[deny]]\ncidr = \"10.0.0.0/33\"\n", "deny[1]"),
+            (
+                "[[deny]]\ncidr = \"10.0.0.0/8\"\n[[deny]]\ncidr = \"10.0.0.0/8\"\n",
+                "listed twice",
+            ),
+            ("[[limit]]\npps = 0\n", "limit[1]"),
+            ("[[limit]]\npps = 5\n[[limit]]\npps = 6\n", "conflicts with limit[1]"),
+            ("[[forward]]\nmatch = \"1.2.3.4:80\"\nto = []\n", "forward[1]"),
+            ("[[redirect]]\ncidr = \"10.0.0.0/8\"\niface = \"../x\"\n", "redirect[1]"),
+            ("[probes]\ndisabled = [\"xdp/a/b\"]\n", "probes.disabled[1]"),
+            ("version = 2\n", "version 2 is not supported"),
+        ] {
+            let p = from_toml(toml).unwrap();
+            let e = validate(&p)
+                .err()
+                .unwrap_or_else(|| panic!("{toml} validated"))
+                .to_string();
+            assert!(e.contains(why), "{toml}: {e}");
+        }
+        for (toml, why) in [
+            ("[[deny]]\ncidr = \"10.0.0.0/8\"\nport = 3\n", "unknown field `port`"),
+            ("[[bogus]]\n", "unknown field `bogus`"),
+        ] {
+            let e = from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("line"), "{toml}: {e}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! End to end, as root, in lab namespaces: `sluice export` and `sluice apply`.
+//! Export then apply is a no-op; a dry run changes nothing; apply makes the
+//! running rules (kernel included) equal to the file and prints the diff;
+//! a failure at the last step undoes every earlier one.
+
+mod common;
+
+use common::*;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn export_apply_round_trip_dry_run_diff_and_all_or_nothing() {
+    require_root();
+    let lab = LabGuard::new("sq1", 59);
+    let d = Daemon::start("q1", &["sq1-*"]);
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    let dir = tempfile::tempdir().unwrap();
+
+    // A rule set built by hand, one of each kind.
+    d.ok(&["deny", "add", &a.ns_v4.to_string(), "--comment", "host a"]);
+    d.ok(&["deny", "add", "2001:2:ff::/48", "--dst"]);
+    d.ok(&["allow", "add", "198.18.200.0/24"]);
+    d.ok(&[
+        "limit",
+        "add",
+        "--dst-port",
+        "8080/tcp",
+        "--pps",
+        "1000",
+        "--per-source",
+        "--warmup",
+        "2s",
+    ]);
+    d.ok(&["limit", "add", "--conns", "50", "--burst", "80"]);
+    d.ok(&[
+        "forward",
+        "add",
+        &format!("{}:8080", a.host_v4),
+        &format!("{}:80", b.ns_v4),
+    ]);
+    d.ok(&["redirect", "add", "198.18.201.0/24", &b.host_if]);
+    d.ok(&["probes", "disable", &format!("tc-egress/{}", b.host_if)]);
+    assert!(!ping(a, &a.host_v4.to_string()) && ping(b, &b.host_v4.to_string()));
+
+    // Export -> apply is a no-op, dry run or not.
+    let p1 = dir.path().join("p1.toml");
+    let p1s = p1.display().to_string();
+    d.ok(&["export", "-o", &p1s]);
+    let text1 = std::fs::read_to_string(&p1).unwrap();
+    for section in [
+        "[[deny]]",
+        "[[allow]]",
+        "[[limit]]",
+        "[[forward]]",
+        "[[redirect]]",
+        "[probes]",
+    ] {
+        assert!(text1.contains(section), "{section} missing from:\n{text1}");
+    }
+    let out = d.ok(&["apply", "-f", &p1s]);
+    assert!(out.starts_with("nothing to change"), "{out}");
+    assert!(out.contains("(8 entries)"), "{out}");
+    assert_eq!(d.ok(&["export"]), text1, "stdout export equals the file");
+
+    // A new policy: a is no longer denied, b is; one comment changes; one
+    // limit changes rate; the forward goes; xdp on a is disabled, tc-egress
+    // on b enabled again.
+    let text2 = text1
+        .replace(
+            &format!("cidr = \"{}/32\"\ncomment = \"host a\"", a.ns_v4),
+            &format!("cidr = \"{}/32\"", b.ns_v4),
+        )
+        .replace(
+            "cidr = \"198.18.200.0/24\"",
+            "cidr = \"198.18.200.0/24\"\ncomment = \"lab range\"",
+        )
+        .replace("pps = 1000", "pps = 2000");
+    let text2 = {
+        let start = text2.find("[[forward]]").unwrap();
+        let end = text2[start..].find("[[redirect]]").unwrap() + start;
+        format!("{}{}", &text2[..start], &text2[end..])
+    };
+    let text2 = text2.replace(
+        &format!("disabled = [\"tc-egress/{}\"]", b.host_if),
+        &format!("disabled = [\"xdp/{}\"]", a.host_if),
+    );
+    assert_ne!(text1, text2);
+    let p2 = write(dir.path(), "p2.toml", &text2);
+
+    let dry = d.ok(&["apply", "-f", &p2, "--dry-run"]);
+    assert!(dry.contains(&format!("+ deny src {}/32", b.ns_v4)), "{dry}");
+    assert!(dry.contains(&format!("- deny src {}/32", a.ns_v4)), "{dry}");
+    assert!(dry.contains("~ allow src 198.18.200.0/24 (\"lab range\")"), "{dry}");
+    assert!(dry.contains("+ limit port 8080/tcp pps 2000/s"), "{dry}");
+    assert!(dry.contains("- limit port 8080/tcp pps 1000/s"), "{dry}");
+    assert!(dry.contains("- forward"), "{dry}");
+    assert!(dry.contains(&format!("~ probe xdp/{} disabled", a.host_if)), "{dry}");
+    assert!(
+        dry.contains(&format!("~ probe tc-egress/{} enabled", b.host_if)),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("dry run: would apply 2 added, 3 removed, 3 changed"),
+        "{dry}"
+    );
+    assert_eq!(d.ok(&["export"]), text1, "a dry run changes nothing");
+    assert!(!ping(a, &a.host_v4.to_string()), "a is still denied after the dry run");
+
+    let applied = d.ok(&["apply", "-f", &p2]);
+    assert!(applied.contains("applied: 2 added, 3 removed, 3 changed"), "{applied}");
+    assert!(
+        ping(a, &a.host_v4.to_string()),
+        "a's deny is gone (and its XDP probe is off)"
+    );
+    assert!(!ping(b, &b.host_v4.to_string()), "b is denied now");
+    let again = d.ok(&["apply", "-f", &p2]);
+    assert!(again.starts_with("nothing to change"), "apply is idempotent: {again}");
+    assert_eq!(d.json(&["forward", "list"]).as_array().unwrap().len(), 0);
+    let st = d.json(&["status"]);
+    assert_eq!(
+        st["disabled_probes"],
+        serde_json::json!([format!("xdp/{}", a.host_if)]),
+        "{st}"
+    );
+    let text2_export = d.ok(&["export"]);
+
+    // All or nothing: the last step (enabling xdp on a) fails because
+    // another owner's XDP program took the hook meanwhile; every earlier
+    // step of the apply (a deny added, a limit removed) is undone.
+    let other = PinDir::new("q1other");
+    std::fs::create_dir_all(&other.0).unwrap();
+    let mut obj = aya::EbpfLoader::new()
+        .default_map_pin_directory(&other.0)
+        .load(sluice::dataplane::XDP_OBJ)
+        .unwrap();
+    let xdp: &mut aya::programs::Xdp = obj.program_mut(sluice_abi::xdp::PROGRAM).unwrap().try_into().unwrap();
+    xdp.load().unwrap();
+    xdp.attach(&a.host_if, aya::programs::XdpMode::Skb).unwrap();
+    let text3 = text2_export
+        .replace(&format!("disabled = [\"xdp/{}\"]", a.host_if), "disabled = []")
+        .replace("[[allow]]", "[[deny]]\ncidr = \"203.0.113.0/24\"\n\n[[allow]]");
+    let text3 = {
+        // Drop the conns limit.
+        let start = text3.find("conns = 50").unwrap();
+        let block = text3[..start].rfind("[[limit]]").unwrap();
+        let end = text3[start..].find("\n\n").map_or(text3.len(), |e| e + start + 2);
+        format!("{}{}", &text3[..block], &text3[end..])
+    };
+    let p3 = write(dir.path(), "p3.toml", &text3);
+    let out = d.cli(&["apply", "-f", &p3]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("xdp/{}", a.host_if)) && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        d.ok(&["export"]),
+        text2_export,
+        "the failed apply left everything as it was"
+    );
+    let denies = d.json(&["deny", "list"]);
+    assert!(!denies.to_string().contains("203.0.113.0/24"), "{denies}");
+    drop(obj);
+
+    // Bad files: one clear line naming the place, nothing changed.
+    for (text, why) in [
+        ("[[deny]]\ncidr = \"10.0.0.0/33\"\n", "deny[1]"),
+        ("[[deny]\ncidr = 1\n", "line 1"),
+        ("[[deny]]\ncidr = \"10.0.0.0/8\"\nports = 3\n", "unknown field `ports`"),
+        ("[probes]\ndisabled = [\"xdp/../../x\"]\n", "probes.disabled[1]"),
+    ] {
+        let p = write(dir.path(), "bad.toml", text);
+        let out = d.cli(&["apply", "-f", &p]);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{text}: {err}");
+    }
+    let out = d.cli(&["apply", "-f", "/nonexistent/policy.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(d.ok(&["export"]), text2_export);
+
+    // An empty policy clears everything, and enables every probe.
+    let empty = write(dir.path(), "empty.toml", "");
+    let out = d.ok(&["apply", "-f", &empty]);
+    assert!(out.contains("applied: 0 added, 6 removed, 1 changed"), "{out}");
+    assert!(ping(a, &a.host_v4.to_string()) && ping(b, &b.host_v4.to_string()));
+    for list in ["deny", "allow", "limit", "forward", "redirect"] {
+        assert_eq!(d.json(&[list, "list"]).as_array().unwrap().len(), 0, "{list}");
+    }
+}
