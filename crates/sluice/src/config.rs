@@ -27,6 +27,45 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A path the daemon creates, chmods or removes files in: absolute, with no
+/// `.` or `..` components (so it cannot climb out of what it names), and
+/// not the root directory.
+pub fn check_path(what: &str, p: &Path) -> Result<(), String> {
+    use std::path::Component;
+    if !p.is_absolute() || p.parent().is_none() {
+        return Err(format!("{what} {} must be an absolute path (and not /)", p.display()));
+    }
+    if p.components()
+        .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+    {
+        return Err(format!(
+            "{what} {} must not contain '.' or '..' components",
+            p.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The pin directory: `sluice down` removes every file in it, so it must be
+/// a directory of its own below a bpffs mount (checked again against the
+/// filesystem before anything is removed), never the mount itself.
+pub fn check_pin_dir(p: &Path) -> Result<(), String> {
+    check_path("pin_dir", p)?;
+    // bpffs refuses names with dots; catch it here with a clear message.
+    if p.components().any(|c| c.as_os_str().to_string_lossy().contains('.')) {
+        return Err(format!(
+            "pin_dir {} must not contain '.' (bpffs refuses such names)",
+            p.display()
+        ));
+    }
+    if p == Path::new("/sys/fs/bpf") {
+        return Err(
+            "pin_dir must be a directory below /sys/fs/bpf, not the mount itself (other programs pin there too)".into(),
+        );
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -183,22 +222,12 @@ impl Config {
         if self.l7_max_records < 100 {
             return Err(ConfigError::Invalid("l7_max_records must be at least 100".into()));
         }
-        if !self.pin_dir.is_absolute() || self.pin_dir.parent().is_none() {
-            return Err(ConfigError::Invalid(format!(
-                "pin_dir {} must be an absolute path below a bpffs mount",
-                self.pin_dir.display()
-            )));
+        check_pin_dir(&self.pin_dir).map_err(ConfigError::Invalid)?;
+        for (what, p) in [("state_dir", &self.state_dir), ("socket", &self.socket)] {
+            check_path(what, p).map_err(ConfigError::Invalid)?;
         }
-        // bpffs refuses names with dots; catch it here with a clear message.
-        if self
-            .pin_dir
-            .components()
-            .any(|c| c.as_os_str().to_string_lossy().contains('.'))
-        {
-            return Err(ConfigError::Invalid(format!(
-                "pin_dir {} must not contain '.' (bpffs refuses such names)",
-                self.pin_dir.display()
-            )));
+        if let Some(p) = &self.events_jsonl {
+            check_path("events_jsonl", p).map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

@@ -102,11 +102,25 @@ fn raise_memlock() {
     }
 }
 
+/// Refuses a socket path that names anything but a socket (the daemon
+/// removes a stale socket before binding; it must never remove a file).
+fn not_a_socket(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => bail!(
+            "{} exists and is not a socket; refusing to replace it (choose another --socket)",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 async fn bind_socket(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    if path.exists() {
+    if fs::symlink_metadata(path).is_ok() {
+        not_a_socket(path)?;
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             bail!("something is already serving {}", path.display());
         }
@@ -125,8 +139,22 @@ async fn bind_socket(path: &Path) -> Result<UnixListener> {
 pub async fn run(cfg: Config) -> Result<()> {
     cfg.validate()?;
     let matcher = cfg.matcher()?;
-    fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
-    fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700))?;
+    not_a_socket(&cfg.socket)?;
+    if !cfg.state_dir.exists() {
+        fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+        // Ours: private from the start.
+        fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700))?;
+    } else if !cfg.state_dir.is_dir() {
+        bail!("state dir {} is not a directory", cfg.state_dir.display());
+    } else if fs::metadata(&cfg.state_dir)?.permissions().mode() & 0o022 != 0 {
+        // An existing directory is the operator's: never chmod it, but a
+        // group- or world-writable one would let others swap the database.
+        bail!(
+            "state dir {} is writable by group or others; chmod go-w it first",
+            cfg.state_dir.display()
+        );
+    }
     let listen = cfg.listen_addr()?;
     let token = match &cfg.token_file {
         Some(p) => Some(sluice::api::guard::read_token(p)?),
@@ -345,6 +373,8 @@ async fn shutdown_signal() {
 
 /// `sluice down`: stop the daemon if one runs, then detach and unpin.
 pub fn down(state_dir: &Path, pin_dir: &Path) -> Result<()> {
+    sluice::config::check_pin_dir(pin_dir).map_err(anyhow::Error::msg)?;
+    sluice::config::check_path("state_dir", state_dir).map_err(anyhow::Error::msg)?;
     if let Some(pid) = running_pid(state_dir) {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(pid, libc::SIGTERM) };

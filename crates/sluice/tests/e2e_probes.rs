@@ -161,9 +161,9 @@ fn disabled_probes_stop_at_once_stay_off_across_restarts_and_enable_again() {
 
     // Bad ids: one clear line, nothing stored.
     for (id, why) in [
-        ("xdp/../../etc", "cannot contain '/'"),
+        ("xdp/../../etc", "not a valid interface name"),
         ("kprobe/tcp_connect", "unknown kind"),
-        ("xdp/aaaaaaaaaaaaaaaaaaaaaaa", "at most 15 bytes"),
+        ("xdp/aaaaaaaaaaaaaaaaaaaaaaa", "not a valid interface name"),
         (&format!("tc-ingress/{}/foreign-7", a.host_if), "other owners"),
     ] {
         let out = d.cli(&["probes", "disable", id]);

@@ -1077,6 +1077,15 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<String>, DataplaneError> {
     if !pin_dir.exists() {
         return Ok(removed);
     }
+    // Everything in pin_dir is removed: make sure it is a pin directory of
+    // its own (on bpffs, and not the mount's root, where others pin too).
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(pin_dir) || !is_bpffs(parent) {
+        return Err(DataplaneError::NoBpffs(
+            pin_dir.to_path_buf(),
+            io::Error::other("not a directory below a bpffs mount; refusing to remove anything in it"),
+        ));
+    }
     for (ifindex, mode, pin) in pinned_links(&pin_dir.join("links")) {
         fs::remove_file(&pin).map_err(io_err(&pin))?;
         let name = ifname(ifindex).unwrap_or_else(|| "(gone)".into());
