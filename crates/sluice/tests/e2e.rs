@@ -440,7 +440,32 @@ fn concurrent_conflicting_updates_leave_store_and_kernel_equal() {
             })
         })
         .collect();
-    for t in threads {
+    // Two more apply whole policies (random subsets of the pool) meanwhile:
+    // each apply is atomic, so it never fails on a rule that changed under it.
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let appliers: Vec<_> = (0..2u32)
+        .map(|t| {
+            let (d, pool, dir) = (d.clone(), pool.clone(), dir.clone());
+            std::thread::spawn(move || {
+                let mut x: u32 = 0x85eb_ca6b ^ t;
+                for i in 0..10 {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    let mut text = String::new();
+                    for (j, cidr) in pool.iter().enumerate() {
+                        if x & (1 << j) != 0 {
+                            text.push_str(&format!("[[deny]]\ncidr = \"{cidr}\"\n"));
+                        }
+                    }
+                    let f = dir.path().join(format!("p{t}-{i}.toml"));
+                    std::fs::write(&f, text).unwrap();
+                    d.ok(&["apply", "-f", f.to_str().unwrap()]);
+                }
+            })
+        })
+        .collect();
+    for t in threads.into_iter().chain(appliers) {
         t.join().unwrap();
     }
     let listed: std::collections::BTreeSet<String> = d
@@ -471,7 +496,7 @@ fn concurrent_conflicting_updates_leave_store_and_kernel_equal() {
             format!("{}.{}.{}.{}/{}", a[0], a[1], a[2], a[3], k.prefix_len())
         })
         .collect();
-    eprintln!("after 320 racing requests: {} rules", listed.len());
+    eprintln!("after 320 racing requests and 20 applies: {} rules", listed.len());
     assert_eq!(listed, stored, "the API shows what the store holds");
     assert_eq!(stored, kernel, "the store equals the kernel");
 }
