@@ -102,6 +102,15 @@ fn raise_memlock() {
     }
 }
 
+/// The bound API socket's path, unlinked on drop.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 /// Refuses a socket path that names anything but a socket (the daemon
 /// removes a stale socket before binding; it must never remove a file).
 fn not_a_socket(path: &Path) -> Result<()> {
@@ -171,6 +180,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     // otherwise reconcile our tables away), and the socket is free.
     let _pin_lock = lock_pin_dir(&cfg.pin_dir)?;
     let listener = bind_socket(&cfg.socket).await?;
+    // Removed however `run` ends, so a refused start leaves no stale socket.
+    let _socket_file = SocketFile(cfg.socket.clone());
     let tcp = match listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -331,7 +342,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(j) = jsonl {
         j.abort();
     }
-    let _ = fs::remove_file(&cfg.socket);
     tracing::info!(
         "stopped; enforcement continues from the pins in {} (`sluice down` removes them)",
         cfg.pin_dir.display()

@@ -78,7 +78,7 @@ pub enum DataplaneError {
     NoBpffs(PathBuf, io::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("pinned map {name} in {dir} does not match this sluice ({why}); run `sluice down` to remove the old pins (rules are kept in the state database), or use the sluice version that created them")]
+    #[error("pinned map {name} in {dir} does not match this sluice ({why}); run `sluice down` to remove the old pins (rules are kept in the state database; enforcement stops until the next start), or start the sluice version and configuration that created them")]
     IncompatiblePin { name: String, dir: PathBuf, why: String },
     #[error("loading BPF object: {0}")]
     Load(#[from] aya::EbpfError),
@@ -277,9 +277,33 @@ pub fn check_pins(pin_dir: &Path, cap: Capacity) -> Result<(), DataplaneError> {
                 shape.value
             )));
         }
+        // The C objects set one flag: BPF_F_NO_PREALLOC on every LPM trie
+        // (the kernel requires it there). Any other flag (a read-only or
+        // per-CPU LRU variant, a zero hash seed) is another layout.
+        const BPF_F_NO_PREALLOC: u32 = 1;
+        let flags = if shape.ty == MapType::LpmTrie {
+            BPF_F_NO_PREALLOC
+        } else {
+            0
+        };
+        if info.map_flags() != flags {
+            return Err(bad(format!("map flags {:#x}, expected {flags:#x}", info.map_flags())));
+        }
         if info.max_entries() != shape.max_entries {
+            // Capacities the config sets: name the key.
+            let key = if FwTable::ALL.iter().any(|t| t.map_name() == shape.name) || shape.name == names::RULE_COUNTERS {
+                " (config key max_rules)"
+            } else if shape.name == names::LIMIT_SOURCES {
+                " (config key limit_sources)"
+            } else if shape.name == sluice_abi::tc::CT {
+                " (config key max_flows)"
+            } else if shape.name == sluice_abi::ev::RING {
+                " (config key events_ring_bytes)"
+            } else {
+                ""
+            };
             return Err(bad(format!(
-                "capacity {}, this configuration wants {}",
+                "capacity {}, this configuration wants {}{key}",
                 info.max_entries(),
                 shape.max_entries
             )));
