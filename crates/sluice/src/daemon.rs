@@ -306,28 +306,21 @@ pub async fn run(cfg: Config) -> Result<()> {
     let tcp_task = match tcp {
         Some(l) => {
             let app = guarded(token);
-            let mut stop = stopping.shutdown.subscribe();
             tracing::info!(addr = %l.local_addr()?, "also serving the API over TCP (bearer token required: {})", cfg.token_file.is_some());
-            Some(tokio::spawn(async move {
-                let r = axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "TCP API listener");
-                }
-            }))
+            Some(tokio::spawn(api::serve::serve(l, app, stopping.shutdown.subscribe())))
         }
         None => None,
     };
-    axum::serve(listener, guarded(None))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // End the event streams, or the drain would wait on them forever.
-            let _ = stopping.shutdown.send(true);
-        })
-        .await?;
+    let unix = tokio::spawn(api::serve::serve(
+        listener,
+        guarded(None),
+        stopping.shutdown.subscribe(),
+    ));
+    shutdown_signal().await;
+    // Stops both listeners and ends the event streams (or the drain would
+    // wait on them forever).
+    let _ = stopping.shutdown.send(true);
+    let _ = unix.await;
     if let Some(t) = tcp_task {
         let _ = t.await;
     }

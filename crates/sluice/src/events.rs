@@ -60,7 +60,7 @@ impl std::str::FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown event kind {s:?}: expected conn, packet, drop or limit"))
+            .ok_or_else(|| format!("unknown event kind {s:?}: expected conn, packet, drop, limit or l7"))
     }
 }
 

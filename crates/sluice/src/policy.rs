@@ -8,8 +8,10 @@
 //! first (nothing is touched if any entry is bad); then, holding every rule
 //! controller's lock, the changes run in an order that never loosens the
 //! firewall in between (new deny/allow entries are added before stale ones
-//! go); if any step fails, the steps already done are undone in reverse, and
-//! the error says nothing was changed. Entries are identified by what they
+//! go) and that puts every step that can fail (a full table, a missing
+//! interface, a busy hook) before anything is removed; if a step fails, the
+//! steps already done are undone in reverse, and the error says nothing was
+//! changed. Entries are identified by what they
 //! match: a deny/allow rule by (CIDR, direction), whose comment alone can
 //! change in place; limits, forwards and redirects by their whole
 //! validated spec (a changed one is removed and re-added).
@@ -49,6 +51,23 @@ pub struct Policy {
     pub redirects: Vec<RedirectRequest>,
     #[serde(default)]
     pub probes: ProbesSection,
+}
+
+/// Every section is an array of objects (serde would also take a struct
+/// written as an array of its fields).
+impl crate::api::BodyShape for Policy {
+    fn check(v: &serde_json::Value) -> Result<(), String> {
+        crate::api::object(v, "the policy")?;
+        for key in ["deny", "allow", "limit", "forward", "redirect"] {
+            if let Some(section) = v.get(key) {
+                crate::api::objects(section, key)?;
+            }
+        }
+        match v.get("probes") {
+            Some(p) => crate::api::object(p, "probes"),
+            None => Ok(()),
+        }
+    }
 }
 
 fn default_version() -> u32 {
@@ -443,6 +462,24 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
             }
         };
     }
+    // The steps that can fail (a full table, a missing interface, another
+    // owner's program on a hook) run before anything is removed, so an undo
+    // only deletes what this apply added. Only an entry replaced by one with
+    // the same match (removed first: the two would conflict) is put back
+    // under a new id if a later step fails.
+    let limit_replaced = |m: &LimitSpec| limit_adds.iter().any(|a| a.m == m.m && a.kind == m.kind);
+    let forward_replaced = |f: &ForwardSpec| {
+        forward_adds
+            .iter()
+            .any(|(a, _)| a.service == f.service && a.proto == f.proto)
+    };
+    let redirect_replaced = |r: &RedirectSpec| redirect_adds.iter().any(|(a, _)| a.cidr == r.cidr);
+    let (limit_swaps, limit_removes): (Vec<_>, Vec<_>) =
+        limit_removes.into_iter().partition(|(_, s)| limit_replaced(s));
+    let (forward_swaps, forward_removes): (Vec<_>, Vec<_>) =
+        forward_removes.into_iter().partition(|(_, s)| forward_replaced(s));
+    let (redirect_swaps, redirect_removes): (Vec<_>, Vec<_>) =
+        redirect_removes.into_iter().partition(|(_, s)| redirect_replaced(s));
     // Tighten before loosening: new deny/allow entries first.
     if !rule_adds.is_empty() {
         let added = step!(fw.add(rule_adds));
@@ -452,6 +489,64 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
         step!(fw.set_comment(&key, comment));
         done.push(Undo::CommentChanged(key, old));
     }
+    for spec in limit_adds
+        .iter()
+        .filter(|a| !limit_swaps.iter().any(|(_, s)| s.m == a.m && s.kind == a.kind))
+    {
+        let l = step!(lim.add((*spec).clone()));
+        done.push(Undo::LimitAdded(l.id));
+    }
+    for (_, req) in forward_adds.iter().filter(|(a, _)| {
+        !forward_swaps
+            .iter()
+            .any(|(_, s)| s.service == a.service && s.proto == a.proto)
+    }) {
+        let f = step!(nat.add_forward(req));
+        done.push(Undo::ForwardAdded(f.id));
+    }
+    for (_, req) in redirect_adds
+        .iter()
+        .filter(|(a, _)| !redirect_swaps.iter().any(|(_, s)| s.cidr == a.cidr))
+    {
+        let r = step!(nat.add_redirect(req));
+        done.push(Undo::RedirectAdded(r.id));
+    }
+    for (id, enabled) in probe_changes {
+        step!(set_probe(s, &mut probes, &id, enabled));
+        done.push(Undo::Probe(id, !enabled));
+    }
+    // Replacements: the old entry goes, the new one takes its match.
+    for (id, old) in limit_swaps {
+        step!(lim.delete(id));
+        done.push(Undo::LimitRemoved(old.clone()));
+        let new = limit_adds
+            .iter()
+            .find(|a| a.m == old.m && a.kind == old.kind)
+            .expect("partitioned");
+        let l = step!(lim.add((*new).clone()));
+        done.push(Undo::LimitAdded(l.id));
+    }
+    for (id, old) in forward_swaps {
+        step!(nat.del_forward(id));
+        done.push(Undo::ForwardRemoved(forward_request(&old)));
+        let (_, req) = forward_adds
+            .iter()
+            .find(|(a, _)| a.service == old.service && a.proto == old.proto)
+            .expect("partitioned");
+        let f = step!(nat.add_forward(req));
+        done.push(Undo::ForwardAdded(f.id));
+    }
+    for (id, old) in redirect_swaps {
+        step!(nat.del_redirect(id));
+        done.push(Undo::RedirectRemoved(redirect_request(&old)));
+        let (_, req) = redirect_adds
+            .iter()
+            .find(|(a, _)| a.cidr == old.cidr)
+            .expect("partitioned");
+        let r = step!(nat.add_redirect(req));
+        done.push(Undo::RedirectAdded(r.id));
+    }
+    // Pure removals last: they only fail if the store does.
     for spec in rule_removes {
         step!(fw.delete(
             spec.action,
@@ -466,29 +561,13 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
         step!(lim.delete(id));
         done.push(Undo::LimitRemoved(spec));
     }
-    for spec in limit_adds {
-        let l = step!(lim.add(spec.clone()));
-        done.push(Undo::LimitAdded(l.id));
-    }
     for (id, spec) in forward_removes {
         step!(nat.del_forward(id));
         done.push(Undo::ForwardRemoved(forward_request(&spec)));
     }
-    for (_, req) in forward_adds {
-        let f = step!(nat.add_forward(req));
-        done.push(Undo::ForwardAdded(f.id));
-    }
     for (id, spec) in redirect_removes {
         step!(nat.del_redirect(id));
         done.push(Undo::RedirectRemoved(redirect_request(&spec)));
-    }
-    for (_, req) in redirect_adds {
-        let r = step!(nat.add_redirect(req));
-        done.push(Undo::RedirectAdded(r.id));
-    }
-    for (id, enabled) in probe_changes {
-        step!(set_probe(s, &mut probes, &id, enabled));
-        done.push(Undo::Probe(id, !enabled));
     }
     diff.applied = true;
     Ok(diff)

@@ -126,3 +126,41 @@ fn unsafe_listeners_are_refused_before_anything_is_touched() {
     assert!(!pins.0.exists(), "nothing was pinned");
     assert!(!dir.path().join("s.sock").exists(), "no socket was bound");
 }
+
+/// Half-sent requests cannot hold connections forever: a client that stops
+/// inside its headers is disconnected after the header deadline, one that
+/// stops inside its body gets 408 after the body deadline, and other clients
+/// are served meanwhile.
+#[test]
+fn stalled_clients_are_cut_off_by_the_read_deadlines() {
+    use std::os::unix::net::UnixStream;
+    require_root();
+    let d = Daemon::start("guard3", &["sluice-guard3-none*"]);
+    let limit = sluice::api::serve::HEADER_READ_TIMEOUT.max(sluice::api::BODY_READ_TIMEOUT) + Duration::from_secs(5);
+    let stall = |request: &'static str| {
+        let socket = d.socket.clone();
+        std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&socket).unwrap();
+            s.set_read_timeout(Some(limit)).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let t0 = std::time::Instant::now();
+            let mut out = Vec::new();
+            let r = s.read_to_end(&mut out);
+            (r.is_ok(), t0.elapsed(), String::from_utf8_lossy(&out).to_string())
+        })
+    };
+    let head = stall("GET /v1/status HTTP/1.1\r\nHost: x\r\n");
+    let body = stall(
+        "POST /v1/deny HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"cidr\":",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(d.cli(&["status"]).status.success(), "others are served meanwhile");
+    let (closed, took, out) = head.join().unwrap();
+    assert!(closed, "the connection was closed, not left open ({took:?})");
+    assert!(took <= limit && !out.starts_with("HTTP/1.1 200"), "{took:?}: {out}");
+    let (closed, took, out) = body.join().unwrap();
+    assert!(closed && took <= limit, "{took:?}");
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("did not arrive within"), "{out}");
+    assert_eq!(d.json(&["deny", "list"]).as_array().unwrap().len(), 0);
+}

@@ -1113,7 +1113,10 @@ fn incompatible_pins_are_refused_while_the_old_links_keep_enforcing() {
         for needle in [format!("pinned map {map} in {dir}"), why, "sluice down".into()] {
             assert!(err.contains(&needle), "{case}: the error must say {needle:?}: {err}");
         }
-        assert!(!d.socket.exists(), "{case}: a refused start leaves no socket file behind");
+        assert!(
+            !d.socket.exists(),
+            "{case}: a refused start leaves no socket file behind"
+        );
         untouched(&case);
         std::thread::sleep(HOLD);
     }

@@ -5,6 +5,7 @@
 
 pub mod guard;
 pub mod metrics;
+pub mod serve;
 pub mod types;
 
 use std::{
@@ -14,7 +15,7 @@ use std::{
 
 use axum::{
     extract::{
-        rejection::JsonRejection, rejection::PathRejection, rejection::QueryRejection, DefaultBodyLimit, FromRequest,
+        rejection::JsonRejection, rejection::PathRejection, rejection::QueryRejection, DefaultBodyLimit,
         FromRequestParts, State,
     },
     http::StatusCode,
@@ -39,6 +40,8 @@ use types::*;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;
+/// Time a client has to send a request body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most rules one request may add.
 pub const MAX_BATCH: usize = 100_000;
 
@@ -126,8 +129,31 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(ErrorBody { error: self.1 })).into_response()
+        (
+            self.0,
+            axum::Json(ErrorBody {
+                error: one_line(&self.1),
+            }),
+        )
+            .into_response()
     }
+}
+
+/// Error messages quote what the client sent; control characters are
+/// escaped so a message stays one line and cannot drive a terminal.
+fn one_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl From<FwError> for ApiError {
@@ -200,10 +226,199 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `Json` whose rejections are JSON errors too.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body, stricter than serde's defaults: the content type
+/// must be JSON; a key may appear once per object (serde_json would keep
+/// the last one silently, and a proxy might read the first); and the shape
+/// must be what [`BodyShape`] says, because serde also accepts a struct
+/// written as an array of its fields (so `[1]` would be a valid, empty
+/// policy). Every rejection is a JSON error; it is also the response type.
 pub struct Json<T>(pub T);
+
+/// The JSON shape a request body must have before it is deserialised.
+pub trait BodyShape {
+    /// Default: one JSON object.
+    fn check(v: &serde_json::Value) -> Result<(), String> {
+        object(v, "the request body")
+    }
+}
+
+/// `v` must be a JSON object.
+pub fn object(v: &serde_json::Value, what: &str) -> Result<(), String> {
+    if v.is_object() {
+        Ok(())
+    } else {
+        Err(format!("{what} must be a JSON object, not {}", json_kind(v)))
+    }
+}
+
+/// `v` must be an array of JSON objects.
+pub fn objects(v: &serde_json::Value, what: &str) -> Result<(), String> {
+    match v.as_array() {
+        Some(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| object(item, &format!("{what}[{}]", i + 1))),
+        None => Err(format!("{what} must be an array of JSON objects, not {}", json_kind(v))),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl BodyShape for OneOrMany<RuleRequest> {
+    fn check(v: &serde_json::Value) -> Result<(), String> {
+        if let Some(items) = v.as_array() {
+            items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, item)| object(item, &format!("rule {}", i + 1)))
+        } else {
+            object(v, "the request body")
+        }
+    }
+}
+impl BodyShape for LimitRequest {}
+impl BodyShape for ForwardRequest {}
+impl BodyShape for RedirectRequest {}
+impl BodyShape for ProbeStateRequest {}
+impl BodyShape for StatsRequest {}
+
+/// Fails on the first object that holds a key twice.
+fn no_duplicate_keys(body: &[u8]) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Walk;
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = m.next_key::<String>()? {
+                if !seen.insert(k.clone()) {
+                    return Err(serde::de::Error::custom(format!("duplicate field `{k}`")));
+                }
+                m.next_value_seed(Walk)?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+            while s.next_element_seed(Walk)?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Walk.deserialize(&mut de).map_err(|e| e.to_string())
+}
+
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Ok(m) = ct.parse::<mime::Mime>() else {
+        return false;
+    };
+    m.type_() == mime::APPLICATION && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+}
+
+impl<S, T> axum::extract::FromRequest<S> for Json<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + BodyShape,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected a request with Content-Type: application/json".into(),
+            ));
+        }
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            // Refused up front: never wait for a body that will be refused.
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_BODY} bytes; split it into smaller batches"),
+            ));
+        }
+        let read = axum::body::Bytes::from_request(req, state);
+        let body = tokio::time::timeout(BODY_READ_TIMEOUT, read).await.map_err(|_| {
+            ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+            )
+        })?;
+        let body = body.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError(
+                    r.status(),
+                    format!("request body is larger than {MAX_BODY} bytes; split it into smaller batches"),
+                )
+            } else {
+                ApiError(r.status(), r.body_text())
+            }
+        })?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("failed to parse the request body as JSON: {e}"),
+            )
+        })?;
+        let shape = |m: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, m);
+        no_duplicate_keys(&body).map_err(shape)?;
+        T::check(&v).map_err(shape)?;
+        serde_path_to_error::deserialize(v).map(Json).map_err(|e| {
+            let at = e.path().to_string();
+            let inner = e.into_inner();
+            shape(if at == "." {
+                format!("invalid request body: {inner}")
+            } else {
+                format!("invalid request body: {at}: {inner}")
+            })
+        })
+    }
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -249,6 +464,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/conns", get(conns))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API route; see /v1/status".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method (see the README's API table)".into(),
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
