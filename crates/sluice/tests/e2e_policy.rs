@@ -152,6 +152,20 @@ fn export_apply_round_trip_dry_run_diff_and_all_or_nothing() {
         format!("{}{}", &text3[..block], &text3[end..])
     };
     let p3 = write(dir.path(), "p3.toml", &text3);
+    let ids = |d: &Daemon| {
+        ["deny", "allow", "limit", "redirect"]
+            .iter()
+            .map(|l| {
+                d.json(&[l, "list"])
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["id"].clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let ids_before = ids(&d);
     let out = d.cli(&["apply", "-f", &p3]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -163,6 +177,11 @@ fn export_apply_round_trip_dry_run_diff_and_all_or_nothing() {
         d.ok(&["export"]),
         text2_export,
         "the failed apply left everything as it was"
+    );
+    assert_eq!(
+        ids(&d),
+        ids_before,
+        "not even renumbered: nothing was removed before the failing step"
     );
     let denies = d.json(&["deny", "list"]);
     assert!(!denies.to_string().contains("203.0.113.0/24"), "{denies}");
