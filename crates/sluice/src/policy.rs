@@ -573,22 +573,11 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
     Ok(diff)
 }
 
-/// One probe state change, kernel then store (the store failing puts the
-/// kernel back).
 fn set_probe(s: &Ctl, probes: &mut crate::probes::ProbeStates, id: &ProbeId, enabled: bool) -> Result<(), String> {
-    if let Some(dp) = &s.dp {
-        dp.lock()
-            .unwrap()
-            .set_probe(id, enabled)
-            .map_err(|e| format!("{id}: {}", crate::dataplane::chain(&e)))?;
-    }
-    if let Err(e) = probes.set(id, enabled) {
-        if let Some(dp) = &s.dp {
-            let _ = dp.lock().unwrap().set_probe(id, !enabled);
-        }
-        return Err(e.to_string());
-    }
-    Ok(())
+    probes
+        .apply(s.dp.as_deref(), id, enabled)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Undoes `done` in reverse; the first failure is returned (the rest is

@@ -104,6 +104,15 @@ impl ProbeId {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SetProbeError {
+    /// The kernel refused (e.g. another owner's program holds the hook).
+    #[error("{0}")]
+    Kernel(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// The persisted set of disabled probes.
 pub struct ProbeStates {
     store: Store,
@@ -131,6 +140,33 @@ impl ProbeStates {
 
     pub fn is_enabled(&self, id: &ProbeId) -> bool {
         !self.disabled.contains(id)
+    }
+
+    /// Changes a probe's state in the kernel (if there is one), then in the
+    /// store; a store failure puts the kernel back, so the two never
+    /// disagree. Returns whether the attach point exists now.
+    pub fn apply(
+        &mut self,
+        dp: Option<&std::sync::Mutex<crate::dataplane::Dataplane>>,
+        id: &ProbeId,
+        enabled: bool,
+    ) -> Result<bool, SetProbeError> {
+        let present = match dp {
+            Some(dp) => dp
+                .lock()
+                .unwrap()
+                .set_probe(id, enabled)
+                .map_err(|e| SetProbeError::Kernel(format!("{id}: {}", crate::dataplane::chain(&e))))?,
+            None => false,
+        };
+        if let Err(e) = self.set(id, enabled) {
+            if let Some(dp) = dp {
+                let _ = dp.lock().unwrap().set_probe(id, !enabled);
+            }
+            return Err(SetProbeError::Store(e));
+        }
+        tracing::info!(probe = %id, enabled, present, "probe state changed");
+        Ok(present)
     }
 
     /// Records a state; returns false if it already was so.

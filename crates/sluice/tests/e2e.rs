@@ -8,7 +8,6 @@ mod common;
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener},
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -19,26 +18,6 @@ fn listener() -> (TcpListener, u16) {
     let l = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = l.local_addr().unwrap().port();
     (l, port)
-}
-
-/// Pinned links: XDP ones, then tcx ones (ingress and egress).
-fn link_pins(pin_dir: &Path) -> (usize, usize) {
-    let names: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    (
-        names.iter().filter(|n| n.starts_with("xdp_")).count(),
-        names.iter().filter(|n| n.starts_with("tcx_")).count(),
-    )
-}
-
-/// Programs attached to an interface's tcx hook (ours and anyone's).
-fn tcx_progs(iface: &str, ty: aya::programs::TcAttachType) -> usize {
-    aya::programs::SchedClassifier::query_tcx(iface, ty).unwrap().1.len()
 }
 
 fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) -> Duration {

@@ -39,10 +39,6 @@ fn xdp_prog_ids(ifname: &str) -> Vec<u32> {
         .collect()
 }
 
-fn tcx_progs(iface: &str, ty: aya::programs::TcAttachType) -> usize {
-    aya::programs::SchedClassifier::query_tcx(iface, ty).map_or(0, |r| r.1.len())
-}
-
 #[test]
 fn disabled_probes_stop_at_once_stay_off_across_restarts_and_enable_again() {
     require_root();

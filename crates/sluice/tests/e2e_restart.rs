@@ -521,26 +521,6 @@ fn targets(a: &LabHost, b: &LabHost, srv: &Server) -> Vec<Target> {
 // What is attached
 // ---------------------------------------------------------------------------
 
-/// Pinned links: XDP ones, then tcx ones (ingress and egress).
-fn link_pins(pin_dir: &Path) -> (usize, usize) {
-    let names: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    (
-        names.iter().filter(|n| n.starts_with("xdp_")).count(),
-        names.iter().filter(|n| n.starts_with("tcx_")).count(),
-    )
-}
-
-/// Programs attached to an interface's tcx hook (ours and anyone's).
-fn tcx_progs(iface: &str, ty: aya::programs::TcAttachType) -> usize {
-    aya::programs::SchedClassifier::query_tcx(iface, ty).unwrap().1.len()
-}
-
 fn ifindex(name: &str) -> u64 {
     std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
         .unwrap()
@@ -722,42 +702,6 @@ fn check_adopted(d: &Daemon, hosts: &[&LabHost], links_before: &[u64], old_prog:
 // Daemons
 // ---------------------------------------------------------------------------
 
-/// `Daemon::spawn`, but running `bin` (the next version's binary).
-fn spawn_from(d: &mut Daemon, bin: &Path) {
-    let mut cmd = Command::new(bin);
-    cmd.arg("run")
-        .arg("--socket")
-        .arg(&d.socket)
-        .arg("--state-dir")
-        .arg(d.state.path())
-        .arg("--pin-dir")
-        .arg(&d.pins.0);
-    for g in &d.globs {
-        cmd.arg("--iface").arg(g);
-    }
-    if let Some(c) = &d.config {
-        cmd.arg("--config").arg(c);
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&d.log)
-        .unwrap();
-    cmd.stdout(Stdio::null()).stderr(log);
-    d.child = Some(cmd.spawn().expect("spawn the next sluice"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::os::unix::net::UnixStream::connect(&d.socket).is_ok() && d.cli(&["status"]).status.success() {
-            return;
-        }
-        if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("the next daemon exited with {st}; log:\n{}", d.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the next daemon did not answer; log:\n{}", d.log_text());
-}
-
 /// How a `sluice run` that should refuse to start ended.
 struct Refusal {
     code: Option<i32>,
@@ -773,20 +717,7 @@ struct Refusal {
 /// answered `status`, or was still running after 15 s (then it is killed).
 fn try_start(d: &Daemon, config: Option<&Path>) -> Result<Refusal, String> {
     let log = d.state_dir().join("refused.log");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("run")
-        .arg("--socket")
-        .arg(&d.socket)
-        .arg("--state-dir")
-        .arg(d.state_dir())
-        .arg("--pin-dir")
-        .arg(&d.pins.0);
-    for g in &d.globs {
-        cmd.arg("--iface").arg(g);
-    }
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
+    let mut cmd = d.run_command(Path::new(BIN), config);
     cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
     let mut child = cmd.spawn().unwrap();
     let t0 = Instant::now();
@@ -948,7 +879,7 @@ fn kill9_restart_and_upgrade_never_give_a_wrong_verdict() {
     assert!(d.terminate().success(), "graceful exit: {}", d.log_text());
     prober.phase("upgrade: next version starting");
     let t_start = Instant::now();
-    spawn_from(&mut d, &next);
+    d.spawn_bin(&next);
     windows.push(("upgrade: SIGTERM, start next", t.elapsed(), t_start.elapsed()));
     prober.phase("after upgrade");
     let pid = d.child.as_ref().unwrap().id();

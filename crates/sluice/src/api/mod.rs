@@ -33,7 +33,7 @@ use crate::{
     firewall::{Firewall, FwError, Selector},
     limits::{Limiter, LimiterError},
     nat::{ForwardRequest, Nat, NatError, RedirectRequest},
-    probes::{ProbeId, ProbeKind},
+    probes::{ProbeId, ProbeKind, SetProbeError},
     rules::{Action, Direction, RuleSpec},
 };
 use types::*;
@@ -860,22 +860,13 @@ pub(crate) fn set_probe(s: &Ctl, id: &ProbeId, enabled: bool) -> ApiResult<Probe
         };
         return Ok(view(false, present));
     }
-    let present = match &s.dp {
-        Some(dp) => dp
-            .lock()
-            .unwrap()
-            .set_probe(id, enabled)
-            .map_err(|e| ApiError(StatusCode::CONFLICT, format!("{id}: {}", crate::dataplane::chain(&e))))?,
-        None => false,
-    };
-    if let Err(e) = states.set(id, enabled) {
-        if let Some(dp) = &s.dp {
-            let _ = dp.lock().unwrap().set_probe(id, !enabled);
+    let present = states.apply(s.dp.as_deref(), id, enabled).map_err(|e| match e {
+        SetProbeError::Kernel(m) => ApiError(StatusCode::CONFLICT, m),
+        SetProbeError::Store(e) => {
+            tracing::error!(error = %e, "persisting a probe state");
+            internal(e.to_string())
         }
-        tracing::error!(error = %e, "persisting a probe state");
-        return Err(internal(e.to_string()));
-    }
-    tracing::info!(probe = %id, enabled, present, "probe state changed");
+    })?;
     Ok(view(true, present))
 }
 

@@ -73,6 +73,26 @@ impl std::ops::Deref for LabGuard {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
+/// Pinned links in a pin directory: (XDP, tcx ingress + egress).
+pub fn link_pins(pin_dir: &Path) -> (usize, usize) {
+    let names: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        names.iter().filter(|n| n.starts_with("xdp_")).count(),
+        names.iter().filter(|n| n.starts_with("tcx_")).count(),
+    )
+}
+
+/// Programs attached to an interface's tcx hook (ours and anyone's).
+pub fn tcx_progs(iface: &str, ty: aya::programs::TcAttachType) -> usize {
+    aya::programs::SchedClassifier::query_tcx(iface, ty).map_or(0, |r| r.1.len())
+}
+
 /// A `sluice run` child process with private socket, state and pins.
 pub struct Daemon {
     pub child: Option<Child>,
@@ -110,9 +130,10 @@ impl Daemon {
         d
     }
 
-    /// (Re)starts the daemon process with the same state and pins.
-    pub fn spawn(&mut self) {
-        let mut cmd = Command::new(BIN);
+    /// `sluice run` (from `bin`) on this daemon's socket, state, pins and
+    /// globs, with `config` (the daemon's own if None).
+    pub fn run_command(&self, bin: &Path, config: Option<&Path>) -> Command {
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--socket")
             .arg(&self.socket)
@@ -123,9 +144,20 @@ impl Daemon {
         for g in &self.globs {
             cmd.arg("--iface").arg(g);
         }
-        if let Some(c) = &self.config {
+        if let Some(c) = config.or(self.config.as_deref()) {
             cmd.arg("--config").arg(c);
         }
+        cmd
+    }
+
+    /// (Re)starts the daemon process with the same state and pins.
+    pub fn spawn(&mut self) {
+        self.spawn_bin(Path::new(BIN));
+    }
+
+    /// [`Daemon::spawn`] of another binary (an upgrade's next version).
+    pub fn spawn_bin(&mut self, bin: &Path) {
+        let mut cmd = self.run_command(bin, None);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
