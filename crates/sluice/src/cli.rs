@@ -824,14 +824,16 @@ async fn apply(file: &std::path::Path, dry_run: bool, c: &ClientOpts) -> Result<
     if c.json {
         return print_json(&d);
     }
-    for l in &d.removed {
-        println!("- {l}");
-    }
-    for l in &d.added {
-        println!("+ {l}");
-    }
-    for l in &d.changed {
-        println!("~ {l}");
+    // A whole-table change would bury the summary: the first lines of each
+    // kind, then a count (--json has them all).
+    const SHOWN: usize = 200;
+    for (sign, lines) in [("-", &d.removed), ("+", &d.added), ("~", &d.changed)] {
+        for l in lines.iter().take(SHOWN) {
+            println!("{sign} {l}");
+        }
+        if lines.len() > SHOWN {
+            println!("{sign} ... and {} more (--json lists them all)", lines.len() - SHOWN);
+        }
     }
     let counts = format!(
         "{} added, {} removed, {} changed, {} unchanged",

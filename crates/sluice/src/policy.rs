@@ -56,6 +56,8 @@ pub struct Policy {
 /// Every section is an array of objects (serde would also take a struct
 /// written as an array of its fields).
 impl crate::api::BodyShape for Policy {
+    const MAX_BODY: usize = crate::api::MAX_POLICY_BODY;
+
     fn check(v: &serde_json::Value) -> Result<(), String> {
         crate::api::object(v, "the policy")?;
         for key in ["deny", "allow", "limit", "forward", "redirect"] {

@@ -212,4 +212,34 @@ fn export_apply_round_trip_dry_run_diff_and_all_or_nothing() {
     for list in ["deny", "allow", "limit", "forward", "redirect"] {
         assert_eq!(d.json(&[list, "list"]).as_array().unwrap().len(), 0, "{list}");
     }
+
+    // A whole table at once: 30,000 rules (a policy well over the 1 MiB
+    // limit of the other routes), a summarised diff, and export -> apply
+    // still a no-op.
+    let mut big = String::new();
+    let mut json = Vec::new();
+    for i in 0..30_000u32 {
+        let cidr = format!("10.{}.{}.0/24", i >> 8, i & 255);
+        big.push_str(&format!("[[deny]]\ncidr = \"{cidr}\"\ncomment = \"bulk {i}\"\n\n"));
+        json.push(serde_json::json!({"cidr": cidr, "comment": format!("bulk {i}")}));
+    }
+    assert!(
+        serde_json::to_vec(&json).unwrap().len() > 1 << 20,
+        "the request is over 1 MiB"
+    );
+    let p = write(dir.path(), "big.toml", &big);
+    let out = d.ok(&["apply", "-f", &p]);
+    assert!(out.contains("+ ... and 29800 more (--json lists them all)"), "{out}");
+    assert!(
+        out.ends_with("applied: 30000 added, 0 removed, 0 changed, 0 unchanged\n"),
+        "{out}"
+    );
+    assert_eq!(d.json(&["status"])["rules"]["deny"], 30000);
+    let exported = dir.path().join("big-export.toml");
+    d.ok(&["export", "-o", exported.to_str().unwrap()]);
+    let out = d.ok(&["apply", "-f", exported.to_str().unwrap()]);
+    assert!(
+        out.starts_with("nothing to change") && out.contains("(30000 entries)"),
+        "{out}"
+    );
 }

@@ -40,6 +40,9 @@ use types::*;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;
+/// Largest accepted policy (`POST /v1/policy`): a whole rule set at the
+/// largest `max_rules` fits.
+pub const MAX_POLICY_BODY: usize = 256 << 20;
 /// Time a client has to send a request body.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most rules one request may add.
@@ -236,6 +239,10 @@ pub struct Json<T>(pub T);
 
 /// The JSON shape a request body must have before it is deserialised.
 pub trait BodyShape {
+    /// Largest body of this type (the route's `DefaultBodyLimit` must allow
+    /// it too).
+    const MAX_BODY: usize = MAX_BODY;
+
     /// Default: one JSON object.
     fn check(v: &serde_json::Value) -> Result<(), String> {
         object(v, "the request body")
@@ -375,12 +382,18 @@ where
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY as u64) {
-            // Refused up front: never wait for a body that will be refused.
-            return Err(ApiError(
+        let too_large = || {
+            ApiError(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY} bytes; split it into smaller batches"),
-            ));
+                format!(
+                    "request body is larger than {} bytes; split it into smaller batches",
+                    T::MAX_BODY
+                ),
+            )
+        };
+        if declared.is_some_and(|n| n > T::MAX_BODY as u64) {
+            // Refused up front: never wait for a body that will be refused.
+            return Err(too_large());
         }
         let read = axum::body::Bytes::from_request(req, state);
         let body = tokio::time::timeout(BODY_READ_TIMEOUT, read).await.map_err(|_| {
@@ -391,10 +404,7 @@ where
         })?;
         let body = body.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError(
-                    r.status(),
-                    format!("request body is larger than {MAX_BODY} bytes; split it into smaller batches"),
-                )
+                too_large()
             } else {
                 ApiError(r.status(), r.body_text())
             }
@@ -456,7 +466,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/redirects/{id}", delete(delete_redirect))
         .route("/v1/l7", get(l7_records))
         .route("/v1/probes", get(list_probes))
-        .route("/v1/policy", get(export_policy).post(apply_policy))
+        .route(
+            "/v1/policy",
+            get(export_policy)
+                .post(apply_policy)
+                .layer(DefaultBodyLimit::max(MAX_POLICY_BODY)),
+        )
         .route("/v1/probes/stats", axum::routing::put(set_probe_stats))
         .route("/v1/probes/{kind}/{attach}", axum::routing::put(set_probe_state))
         .route("/v1/events", get(events_sse))
