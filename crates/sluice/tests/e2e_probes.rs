@@ -75,6 +75,15 @@ fn disabled_probes_stop_at_once_stay_off_across_restarts_and_enable_again() {
     assert_eq!(probe(&list, &xdp_a)["state"], "disabled", "{list}");
     assert!(probe(&list, &xdp_a)["prog_id"].is_null(), "{list}");
     assert_eq!(probe(&list, &format!("xdp/{}", b.host_if))["state"], "enabled");
+    let metrics = raw_get(&d.socket, "/metrics");
+    assert!(
+        metrics.contains("sluice_probes{kind=\"xdp\",state=\"disabled\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_probes{kind=\"xdp\",state=\"enabled\"} 1"),
+        "{metrics}"
+    );
     let again = d.ok(&["probes", "disable", &xdp_a]);
     assert!(again.contains("already disabled"), "{again}");
 

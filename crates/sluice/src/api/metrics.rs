@@ -79,6 +79,41 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             }
         }
 
+        // Probes by kind and state (enabled, disabled, failed to attach).
+        let probes = Family::<Labels, Gauge>::default();
+        reg.register(
+            "probes",
+            "sluice's probes by kind and state (failed: another owner's program holds the hook, or similar)",
+            probes.clone(),
+        );
+        if let Some(dp) = &s.dp {
+            use crate::probes::ProbeKind;
+            let dp = dp.lock().unwrap();
+            let count = |kind: ProbeKind, state: &str| {
+                probes
+                    .get_or_create(&l(&[("kind", kind.as_str()), ("state", state)]))
+                    .inc();
+            };
+            for a in dp.attachments() {
+                for k in [ProbeKind::Xdp, ProbeKind::TcIngress, ProbeKind::TcEgress] {
+                    count(k, if a.has(k) { "enabled" } else { "disabled" });
+                }
+            }
+            for _ in dp.failed() {
+                count(ProbeKind::Xdp, "failed");
+            }
+            count(
+                ProbeKind::Trace,
+                if dp.trace_program_id().is_some() {
+                    "enabled"
+                } else if dp.wants(ProbeKind::Trace, sluice_abi::trace::TRACEPOINT) {
+                    "failed"
+                } else {
+                    "disabled"
+                },
+            );
+        }
+
         // Rule hits: per rule up to 1000 rules, per action beyond that.
         let hits = Family::<Labels, Counter>::default();
         reg.register("rule_hits", "Packets that matched a deny/allow rule", hits.clone());
