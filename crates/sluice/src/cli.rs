@@ -438,7 +438,8 @@ async fn status(c: &ClientOpts) -> Result<()> {
     for i in &s.interfaces {
         let mode = match i.mode {
             Some(m) => serde_json::to_value(m)?.as_str().unwrap_or("?").to_string(),
-            None => "DISABLED (not filtered)".into(),
+            None if i.disabled.iter().any(|d| d == "xdp") => "DISABLED (not filtered)".into(),
+            None => "NOT ATTACHED (not filtered)".into(),
         };
         println!(
             "  {:<16} ifindex {:<6} xdp {}{}{}{}",
@@ -457,6 +458,11 @@ async fn status(c: &ClientOpts) -> Result<()> {
             },
             if i.adopted { " (adopted)" } else { "" }
         );
+    }
+    for i in &s.interfaces {
+        for (kind, why) in &i.errors {
+            println!("  {:<16} {kind} failed: {why}", i.name);
+        }
     }
     for f in &s.not_attached {
         println!("  {:<16} ifindex {:<6} NOT ATTACHED: {}", f.name, f.ifindex, f.error);

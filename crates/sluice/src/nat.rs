@@ -227,6 +227,32 @@ impl ForwardSpec {
     }
 }
 
+/// The path by which `spec` would forward back to its own service through
+/// `forwards` (of its protocol), if there is one.
+pub fn loop_path<'a>(forwards: impl Iterator<Item = &'a ForwardSpec>, spec: &ForwardSpec) -> Option<Vec<SocketAddr>> {
+    let mut edges: HashMap<SocketAddr, Vec<SocketAddr>> = HashMap::new();
+    for f in forwards.filter(|f| f.proto == spec.proto) {
+        edges.entry(f.service).or_default().extend(&f.targets);
+    }
+    edges.entry(spec.service).or_default().extend(&spec.targets);
+    // Depth-first from the new service, looking for the way back.
+    let mut stack = vec![(spec.service, vec![spec.service])];
+    let mut seen = HashSet::new();
+    while let Some((node, path)) = stack.pop() {
+        for next in edges.get(&node).into_iter().flatten() {
+            let mut p = path.clone();
+            p.push(*next);
+            if *next == spec.service {
+                return Some(p);
+            }
+            if seen.insert(*next) {
+                stack.push((*next, p));
+            }
+        }
+    }
+    None
+}
+
 /// The 16-byte kernel form of an address (IPv4 in the first 4 bytes).
 pub fn addr16(ip: IpAddr) -> [u8; 16] {
     let mut a = [0u8; 16];
@@ -553,27 +579,7 @@ impl Nat {
 
     /// True if adding `spec` would close a cycle of forwards (A -> B -> A).
     fn loop_path(&self, spec: &ForwardSpec) -> Option<Vec<SocketAddr>> {
-        let mut edges: HashMap<SocketAddr, Vec<SocketAddr>> = HashMap::new();
-        for f in self.forwards.values().filter(|f| f.spec.proto == spec.proto) {
-            edges.entry(f.spec.service).or_default().extend(&f.spec.targets);
-        }
-        edges.entry(spec.service).or_default().extend(&spec.targets);
-        // Depth-first from the new service, looking for the way back.
-        let mut stack = vec![(spec.service, vec![spec.service])];
-        let mut seen = HashSet::new();
-        while let Some((node, path)) = stack.pop() {
-            for next in edges.get(&node).into_iter().flatten() {
-                let mut p = path.clone();
-                p.push(*next);
-                if *next == spec.service {
-                    return Some(p);
-                }
-                if seen.insert(*next) {
-                    stack.push((*next, p));
-                }
-            }
-        }
-        None
+        loop_path(self.forwards.values().map(|f| &f.spec), spec)
     }
 
     pub fn add_forward(&mut self, req: &ForwardRequest) -> Result<Forward, NatError> {
@@ -739,13 +745,25 @@ impl Nat {
     }
 
     pub fn add_redirect(&mut self, req: &RedirectRequest) -> Result<Redirect, NatError> {
+        self.insert_redirect(req, true)
+    }
+
+    /// Puts back a redirect that was removed (a policy apply's undo): its
+    /// interface may have gone meanwhile, so it may come back inactive, as
+    /// on start; housekeeping activates it when the interface returns.
+    pub fn restore_redirect(&mut self, req: &RedirectRequest) -> Result<Redirect, NatError> {
+        self.insert_redirect(req, false)
+    }
+
+    fn insert_redirect(&mut self, req: &RedirectRequest, need_iface: bool) -> Result<Redirect, NatError> {
         let spec = req.validate()?;
-        let target = iface_info(&spec.iface).ok_or_else(|| {
-            invalid(format!(
+        let target = iface_info(&spec.iface);
+        if target.is_none() && need_iface {
+            return Err(invalid(format!(
                 "interface {} does not exist in the daemon's network namespace",
                 spec.iface
-            ))
-        })?;
+            )));
+        }
         if let Some(r) = self.redirects.values().find(|r| r.spec.cidr == spec.cidr) {
             return Err(NatError::Conflict {
                 what: format!("a redirect for {}", spec.cidr),
@@ -765,7 +783,9 @@ impl Nat {
         let key = LpmKey::from(spec.cidr);
         if let Some(t) = self.tables.as_mut() {
             t.reset_redirect_counter(slot)?;
-            t.set_redirect(key, redir_val(slot, target))?;
+            if let Some(target) = target {
+                t.set_redirect(key, redir_val(slot, target))?;
+            }
         }
         commit_or_undo(tx, || {
             if let Some(t) = self.tables.as_mut() {
@@ -778,7 +798,7 @@ impl Nat {
             slot,
             spec,
             created,
-            target: Some(target),
+            target,
         };
         self.redirects.insert(id, r.clone());
         self.publish_config()?;

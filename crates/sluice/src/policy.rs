@@ -39,37 +39,49 @@ pub struct Policy {
     /// Format version; 1 (the default) is the only one.
     #[serde(default = "default_version")]
     pub version: u32,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::api::objects"
+    )]
     pub deny: Vec<RuleRequest>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::api::objects"
+    )]
     pub allow: Vec<RuleRequest>,
-    #[serde(default, rename = "limit", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "limit",
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::api::objects"
+    )]
     pub limits: Vec<LimitRequest>,
-    #[serde(default, rename = "forward", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "forward",
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::api::objects"
+    )]
     pub forwards: Vec<ForwardRequest>,
-    #[serde(default, rename = "redirect", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "redirect",
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::api::objects"
+    )]
     pub redirects: Vec<RedirectRequest>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "probes_section")]
     pub probes: ProbesSection,
 }
 
-/// Every section is an array of objects (serde would also take a struct
-/// written as an array of its fields).
-impl crate::api::BodyShape for Policy {
+impl crate::api::Body for Policy {
     const MAX_BODY: usize = crate::api::MAX_POLICY_BODY;
+}
 
-    fn check(v: &serde_json::Value) -> Result<(), String> {
-        crate::api::object(v, "the policy")?;
-        for key in ["deny", "allow", "limit", "forward", "redirect"] {
-            if let Some(section) = v.get(key) {
-                crate::api::objects(section, key)?;
-            }
-        }
-        match v.get("probes") {
-            Some(p) => crate::api::object(p, "probes"),
-            None => Ok(()),
-        }
-    }
+fn probes_section<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProbesSection, D::Error> {
+    Ok(<crate::api::Obj<ProbesSection> as Deserialize>::deserialize(d)?.0)
 }
 
 fn default_version() -> u32 {
@@ -125,13 +137,27 @@ struct Validated {
     disabled: BTreeSet<ProbeId>,
 }
 
-fn validate(p: &Policy) -> Result<Validated, PolicyError> {
+/// Validates every entry, and that the end state fits: `max_rules` per
+/// firewall table, and the fixed limit, forward and redirect tables (so a
+/// dry run says so too, and an apply never fails half way for room).
+fn validate(p: &Policy, max_rules: u32) -> Result<Validated, PolicyError> {
     let bad = |what: &str, i: usize, e: &dyn std::fmt::Display| PolicyError::Invalid(format!("{what}[{}]: {e}", i + 1));
     if p.version != POLICY_VERSION {
         return Err(PolicyError::Invalid(format!(
             "policy version {} is not supported (this sluice writes and reads version {POLICY_VERSION})",
             p.version
         )));
+    }
+    for (what, n, max) in [
+        ("limit", p.limits.len(), sluice_abi::MAX_LIMITS),
+        ("forward", p.forwards.len(), sluice_abi::tc::MAX_FORWARDS),
+        ("redirect", p.redirects.len(), sluice_abi::tc::MAX_REDIRECTS),
+    ] {
+        if n > max as usize {
+            return Err(PolicyError::Invalid(format!(
+                "{n} {what} entries; the table holds {max}"
+            )));
+        }
     }
     let mut rules = Vec::new();
     let mut keys = BTreeSet::new();
@@ -142,6 +168,19 @@ fn validate(p: &Policy) -> Result<Validated, PolicyError> {
                 return Err(bad(what, i, &format!("{} is listed twice", spec.key().describe())));
             }
             rules.push(spec);
+        }
+    }
+    let mut per_table: BTreeMap<(Action, &str, bool), usize> = BTreeMap::new();
+    for r in &rules {
+        *per_table.entry((r.action, r.dir.as_str(), r.cidr.is_v6())).or_default() += 1;
+    }
+    for ((action, dir, v6), n) in per_table {
+        if n > max_rules as usize {
+            return Err(PolicyError::Invalid(format!(
+                "{n} {} {dir} IPv{} rules; the table holds max_rules = {max_rules}",
+                action.as_str(),
+                if v6 { 6 } else { 4 }
+            )));
         }
     }
     let mut limits: Vec<LimitSpec> = Vec::new();
@@ -182,6 +221,17 @@ fn validate(p: &Policy) -> Result<Validated, PolicyError> {
             ));
         }
         redirects.push((spec, r.clone()));
+    }
+    for (i, (spec, _)) in forwards.iter().enumerate() {
+        let others = forwards
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, (s, _))| s);
+        if let Some(p) = crate::nat::loop_path(others, spec) {
+            let p: Vec<String> = p.iter().map(|a| a.to_string()).collect();
+            return Err(bad("forward", i, &format!("forward loop: {}", p.join(" -> "))));
+        }
     }
     let mut disabled = BTreeSet::new();
     for (i, id) in p.probes.disabled.iter().enumerate() {
@@ -273,7 +323,12 @@ fn redirect_line(s: &RedirectSpec) -> String {
 /// exports to the same text (and a file under version control diffs well).
 pub fn export(s: &Ctl) -> Result<Policy, PolicyError> {
     let internal = |e: String| PolicyError::Failed(e);
+    // One snapshot: every lock at once, in apply's order, so an apply
+    // cannot land between two sections.
     let fw = s.fw.lock().unwrap();
+    let lim = s.limits.lock().unwrap();
+    let nat = s.nat.lock().unwrap();
+    let probes = s.probes.lock().unwrap();
     let mut p = Policy {
         version: POLICY_VERSION,
         ..Default::default()
@@ -294,28 +349,16 @@ pub fn export(s: &Ctl) -> Result<Policy, PolicyError> {
             });
         }
     }
-    drop(fw);
-    let lim = s.limits.lock().unwrap();
     let mut limits = lim.list().map_err(|e| internal(e.to_string()))?;
     limits.sort_by_cached_key(|(l, _)| limit_line(&l.spec));
     p.limits = limits.iter().map(|(l, _)| limit_request(&l.spec)).collect();
-    drop(lim);
-    let nat = s.nat.lock().unwrap();
     let mut f: Vec<_> = nat.forwards().collect();
     f.sort_by_key(|f| (f.spec.service, f.spec.proto.as_str()));
     p.forwards = f.iter().map(|f| forward_request(&f.spec)).collect();
     let mut r: Vec<_> = nat.redirects().collect();
     r.sort_by_key(|r| r.spec.cidr);
     p.redirects = r.iter().map(|r| redirect_request(&r.spec)).collect();
-    drop(nat);
-    p.probes.disabled = s
-        .probes
-        .lock()
-        .unwrap()
-        .disabled()
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
+    p.probes.disabled = probes.disabled().iter().map(|p| p.to_string()).collect();
     Ok(p)
 }
 
@@ -336,7 +379,8 @@ enum Undo {
 /// Makes the running rule set equal to `policy` (or, with `dry_run`, only
 /// says what that would change).
 pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, PolicyError> {
-    let want = validate(policy)?;
+    let max_rules = s.fw.lock().unwrap().capacity();
+    let want = validate(policy, max_rules)?;
     // Every controller locked, in one order, for the whole apply: no other
     // request can interleave, and the diff cannot go stale.
     let mut fw = s.fw.lock().unwrap();
@@ -414,6 +458,17 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
         .iter()
         .filter(|(w, _)| !nat.redirects().any(|r| r.spec == *w))
         .collect();
+    // A new redirect needs its interface now (the API's rule too); found
+    // here, before any step runs, and by a dry run as well.
+    if let Some((spec, _)) = redirect_adds
+        .iter()
+        .find(|(spec, _)| crate::dataplane::ifindex(&spec.iface).is_none())
+    {
+        return Err(PolicyError::Invalid(format!(
+            "redirect {}: interface {} does not exist in the daemon's network namespace",
+            spec.cidr, spec.iface
+        )));
+    }
     diff.unchanged += want.redirects.len() - redirect_adds.len();
     diff.removed
         .extend(redirect_removes.iter().map(|(_, s)| redirect_line(s)));
@@ -482,9 +537,61 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
         forward_removes.into_iter().partition(|(_, s)| forward_replaced(s));
     let (redirect_swaps, redirect_removes): (Vec<_>, Vec<_>) =
         redirect_removes.into_iter().partition(|(_, s)| redirect_replaced(s));
+    // Pure removals normally come last; a table too full for its adds (or
+    // a forward that only loops through one about to go) gets its removals
+    // first, then the add is tried again.
+    let mut rule_removes = Some(rule_removes);
+    let mut limit_removes = Some(limit_removes);
+    let mut forward_removes = Some(forward_removes);
+    let mut redirect_removes = Some(redirect_removes);
+    macro_rules! make_room {
+        ($removes:expr, |$x:pat_param| $remove:expr) => {{
+            let pending = $removes.take().unwrap_or_default();
+            let any = !pending.is_empty();
+            for $x in pending {
+                $remove;
+            }
+            any
+        }};
+    }
+    macro_rules! remove_rule {
+        ($spec:expr) => {{
+            let spec: RuleSpec = $spec;
+            step!(fw.delete(
+                spec.action,
+                &Selector::Cidr {
+                    cidr: spec.cidr,
+                    dir: spec.dir
+                }
+            ));
+            done.push(Undo::RuleRemoved(spec));
+        }};
+    }
+    macro_rules! remove_limit {
+        ($id:expr, $spec:expr) => {{
+            step!(lim.delete($id));
+            done.push(Undo::LimitRemoved($spec));
+        }};
+    }
+    macro_rules! remove_forward {
+        ($id:expr, $spec:expr) => {{
+            step!(nat.del_forward($id));
+            done.push(Undo::ForwardRemoved(forward_request(&$spec)));
+        }};
+    }
+    macro_rules! remove_redirect {
+        ($id:expr, $spec:expr) => {{
+            step!(nat.del_redirect($id));
+            done.push(Undo::RedirectRemoved(redirect_request(&$spec)));
+        }};
+    }
     // Tighten before loosening: new deny/allow entries first.
     if !rule_adds.is_empty() {
-        let added = step!(fw.add(rule_adds));
+        let added = match fw.add(rule_adds.clone()) {
+            Ok(a) => a,
+            Err(_) if make_room!(rule_removes, |spec| remove_rule!(spec)) => step!(fw.add(rule_adds)),
+            Err(e) => step!(Err(e)),
+        };
         done.extend(added.iter().map(|r| Undo::RuleAdded(r.spec.action, r.spec.key())));
     }
     for (key, comment, old) in comment_changes {
@@ -495,7 +602,11 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
         .iter()
         .filter(|a| !limit_swaps.iter().any(|(_, s)| s.m == a.m && s.kind == a.kind))
     {
-        let l = step!(lim.add((*spec).clone()));
+        let l = match lim.add((*spec).clone()) {
+            Ok(l) => l,
+            Err(_) if make_room!(limit_removes, |(id, old)| remove_limit!(id, old)) => step!(lim.add((*spec).clone())),
+            Err(e) => step!(Err(e)),
+        };
         done.push(Undo::LimitAdded(l.id));
     }
     for (_, req) in forward_adds.iter().filter(|(a, _)| {
@@ -503,14 +614,26 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
             .iter()
             .any(|(_, s)| s.service == a.service && s.proto == a.proto)
     }) {
-        let f = step!(nat.add_forward(req));
+        let f = match nat.add_forward(req) {
+            Ok(f) => f,
+            Err(_) if make_room!(forward_removes, |(id, old)| remove_forward!(id, old)) => {
+                step!(nat.add_forward(req))
+            }
+            Err(e) => step!(Err(e)),
+        };
         done.push(Undo::ForwardAdded(f.id));
     }
     for (_, req) in redirect_adds
         .iter()
         .filter(|(a, _)| !redirect_swaps.iter().any(|(_, s)| s.cidr == a.cidr))
     {
-        let r = step!(nat.add_redirect(req));
+        let r = match nat.add_redirect(req) {
+            Ok(r) => r,
+            Err(_) if make_room!(redirect_removes, |(id, old)| remove_redirect!(id, old)) => {
+                step!(nat.add_redirect(req))
+            }
+            Err(e) => step!(Err(e)),
+        };
         done.push(Undo::RedirectAdded(r.id));
     }
     for (id, enabled) in probe_changes {
@@ -548,29 +671,12 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
         let r = step!(nat.add_redirect(req));
         done.push(Undo::RedirectAdded(r.id));
     }
-    // Pure removals last: they only fail if the store does.
-    for spec in rule_removes {
-        step!(fw.delete(
-            spec.action,
-            &Selector::Cidr {
-                cidr: spec.cidr,
-                dir: spec.dir
-            }
-        ));
-        done.push(Undo::RuleRemoved(spec));
-    }
-    for (id, spec) in limit_removes {
-        step!(lim.delete(id));
-        done.push(Undo::LimitRemoved(spec));
-    }
-    for (id, spec) in forward_removes {
-        step!(nat.del_forward(id));
-        done.push(Undo::ForwardRemoved(forward_request(&spec)));
-    }
-    for (id, spec) in redirect_removes {
-        step!(nat.del_redirect(id));
-        done.push(Undo::RedirectRemoved(redirect_request(&spec)));
-    }
+    // Pure removals last (unless made early for room): they only fail if
+    // the store does.
+    make_room!(rule_removes, |spec| remove_rule!(spec));
+    make_room!(limit_removes, |(id, old)| remove_limit!(id, old));
+    make_room!(forward_removes, |(id, old)| remove_forward!(id, old));
+    make_room!(redirect_removes, |(id, old)| remove_redirect!(id, old));
     diff.applied = true;
     Ok(diff)
 }
@@ -612,7 +718,7 @@ fn undo(
             Undo::ForwardAdded(id) => nat.del_forward(id).map(drop).map_err(|e: NatError| e.to_string()),
             Undo::ForwardRemoved(req) => nat.add_forward(&req).map(drop).map_err(|e| e.to_string()),
             Undo::RedirectAdded(id) => nat.del_redirect(id).map(drop).map_err(|e| e.to_string()),
-            Undo::RedirectRemoved(req) => nat.add_redirect(&req).map(drop).map_err(|e| e.to_string()),
+            Undo::RedirectRemoved(req) => nat.restore_redirect(&req).map(drop).map_err(|e| e.to_string()),
             Undo::Probe(id, enabled) => set_probe(s, probes, &id, enabled),
         };
         if let Err(e) = r {
@@ -716,7 +822,7 @@ mod tests {
             ("version = 2\n", "version 2 is not supported"),
         ] {
             let p = from_toml(toml).unwrap();
-            let e = validate(&p)
+            let e = validate(&p, 1000)
                 .err()
                 .unwrap_or_else(|| panic!("{toml} validated"))
                 .to_string();

@@ -125,10 +125,9 @@ impl ProbeStates {
     pub fn open(store: Store) -> Result<Self, StoreError> {
         let mut disabled = BTreeSet::new();
         for id in store.disabled_probes()? {
-            let p = id.parse::<ProbeId>().map_err(|e| StoreError::BadRow {
-                id: 0,
-                why: e.to_string(),
-            })?;
+            let p = id
+                .parse::<ProbeId>()
+                .map_err(|e| StoreError::Foreign(format!("the probes table holds an invalid {e}")))?;
             disabled.insert(p);
         }
         Ok(ProbeStates { store, disabled })
@@ -161,7 +160,14 @@ impl ProbeStates {
         };
         if let Err(e) = self.set(id, enabled) {
             if let Some(dp) = dp {
-                let _ = dp.lock().unwrap().set_probe(id, !enabled);
+                if let Err(back) = dp.lock().unwrap().set_probe(id, !enabled) {
+                    return Err(SetProbeError::Kernel(format!(
+                        "{id}: storing the state failed ({e}) and so did putting the kernel back ({}); \
+                         the kernel now has it {}",
+                        crate::dataplane::chain(&back),
+                        if enabled { "enabled" } else { "disabled" }
+                    )));
+                }
             }
             return Err(SetProbeError::Store(e));
         }

@@ -59,7 +59,7 @@ impl Watcher {
             (true, false) => {
                 dp.detach(ifindex);
             }
-            (false, false) => {}
+            (false, false) => dp.forget_failed(ifindex),
         }
     }
 

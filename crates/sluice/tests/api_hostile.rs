@@ -57,7 +57,7 @@ use axum::{body::Body, http::Request, Router};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sluice::{
-    api::{app, Ctl, MAX_BATCH, MAX_BODY},
+    api::{app, Ctl, MAX_BATCH, MAX_BODY, MAX_POLICY_BODY},
     dataplane::{MemLimitTables, MemTables},
     events::Hub,
     firewall::Firewall,
@@ -176,6 +176,8 @@ struct BodyRoute {
     positional: &'static str,
     /// The list route that shows what it changes ("" = all of them).
     list: &'static str,
+    /// The route's body cap.
+    max_body: usize,
 }
 
 /// Every route: its path template, a concrete path (for `{id}` an id that
@@ -196,6 +198,7 @@ const fn rules_body(list: &'static str) -> Option<BodyRoute> {
         valid: r#"{"cidr":"198.18.70.0/24"}"#,
         positional: r#"[["198.18.71.0/24"]]"#,
         list,
+        max_body: MAX_BODY,
     })
 }
 
@@ -218,6 +221,7 @@ const ROUTES: &[Route] = &[
             valid: r#"{"src":"198.18.70.0/24","pps":100}"#,
             positional: r#"["198.18.71.0/24",null,null,100]"#,
             list: "/v1/limits",
+            max_body: MAX_BODY,
         }),
     },
     Route { path: "/v1/limits/{id}", example: "/v1/limits/987654", methods: &["DELETE"], body: None },
@@ -233,6 +237,7 @@ const ROUTES: &[Route] = &[
             valid: r#"{"match":"198.18.250.70:80","to":["198.18.2.70:80"]}"#,
             positional: r#"["198.18.250.71:80",["198.18.2.71:80"]]"#,
             list: "/v1/forwards",
+            max_body: MAX_BODY,
         }),
     },
     Route { path: "/v1/forwards/{id}", example: "/v1/forwards/987654", methods: &["DELETE"], body: None },
@@ -248,6 +253,7 @@ const ROUTES: &[Route] = &[
             valid: r#"{"cidr":"198.18.70.0/24","iface":"lo"}"#,
             positional: r#"["198.18.71.0/24","lo"]"#,
             list: "/v1/redirects",
+            max_body: MAX_BODY,
         }),
     },
     Route { path: "/v1/redirects/{id}", example: "/v1/redirects/987654", methods: &["DELETE"], body: None },
@@ -266,6 +272,7 @@ const ROUTES: &[Route] = &[
             valid: r#"{"version":1}"#,
             positional: r#"[1]"#,
             list: "",
+            max_body: MAX_POLICY_BODY,
         }),
     },
     Route {
@@ -280,6 +287,7 @@ const ROUTES: &[Route] = &[
             valid: r#"{"enabled":false}"#,
             positional: r#"[false]"#,
             list: "/v1/probes",
+            max_body: MAX_BODY,
         }),
     },
     Route {
@@ -294,6 +302,7 @@ const ROUTES: &[Route] = &[
             valid: r#"{"enabled":false}"#,
             positional: r#"[false]"#,
             list: "/v1/probes",
+            max_body: MAX_BODY,
         }),
     },
     Route { path: "/v1/events", example: "/v1/events?kind=bogus", methods: &["GET"], body: None },
@@ -744,10 +753,10 @@ fn generated_rows(seed: &Seed) -> Vec<Case> {
             // different parsers; it must be refused, not resolved.
             (J, b.dup_body.into(), Code(422), "duplicate field"),
             // Over MAX_BODY: 413, whatever the JSON says.
-            (J, format!("{{\"{s}\":\"{}\"}}", long(MAX_BODY, "a")).into(), Code(413), "larger than"),
-            (J, long(MAX_BODY + 1, " ").into(), Code(413), "larger than"),
-            // Exactly MAX_BODY is read and judged on its content.
-            (J, format!("{{}}{}", long(MAX_BODY - 2, " ")).into(), b.empty_object, ""),
+            (J, format!("{{\"{s}\":\"{}\"}}", long(b.max_body, "a")).into(), Code(413), "larger than"),
+            (J, long(b.max_body + 1, " ").into(), Code(413), "larger than"),
+            // Exactly the cap is read and judged on its content.
+            (J, format!("{{}}{}", long(b.max_body - 2, " ")).into(), b.empty_object, ""),
         ];
         for (ct, body, want, needle) in rows {
             v.push(Case::new(m, p, ct, body, want, needle));

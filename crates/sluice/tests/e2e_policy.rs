@@ -243,3 +243,116 @@ fn export_apply_round_trip_dry_run_diff_and_all_or_nothing() {
         "{out}"
     );
 }
+
+/// Applies that only work if stale entries go first, and policies that can
+/// never apply (refused whole, by a dry run too).
+#[test]
+fn apply_makes_room_and_refuses_what_cannot_fit() {
+    require_root();
+    let d = Daemon::start("q2", &["sluice-q2-none*"]);
+    let dir = tempfile::tempdir().unwrap();
+    let apply = |name: &str, text: &str, dry: bool| {
+        let p = write(dir.path(), name, text);
+        let mut args = vec!["apply", "-f", p.as_str()];
+        if dry {
+            args.push("--dry-run");
+        }
+        d.cli(&args)
+    };
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let refused = |out: std::process::Output, why: &str| {
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains(why), "{why}: {err}");
+    };
+
+    // A full limit table (64) replaced by 64 others: the old ones go first.
+    let limits = |base: u32| {
+        (0..64)
+            .map(|i| format!("[[limit]]\ndst_port = \"{}/tcp\"\npps = 100\n\n", base + i))
+            .collect::<String>()
+    };
+    ok(apply("l1.toml", &limits(1), false));
+    let out = ok(apply("l2.toml", &limits(101), false));
+    assert!(out.contains("applied: 64 added, 64 removed"), "{out}");
+    let ports: Vec<u64> = d
+        .json(&["limit", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["dst_port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 64);
+    assert!(ports.iter().all(|p| (101..165).contains(p)), "{ports:?}");
+    // 65 can never fit: refused up front, dry run included, nothing changed.
+    let too_many = format!("{}[[limit]]\nconns = 5\n", limits(101));
+    refused(
+        apply("l3.toml", &too_many, true),
+        "65 limit entries; the table holds 64",
+    );
+    refused(apply("l3.toml", &too_many, false), "65 limit entries");
+    assert_eq!(d.json(&["limit", "list"]).as_array().unwrap().len(), 64);
+
+    // A forward reversed: B -> A only loops through A -> B, which goes.
+    let out = ok(apply(
+        "f1.toml",
+        "[[forward]]\nmatch = \"198.18.250.1:80\"\nto = [\"198.18.250.2:80\"]\n",
+        false,
+    ));
+    assert!(
+        out.contains("applied: 1 added, 64 removed"),
+        "the limits are not in this file: {out}"
+    );
+    let out = ok(apply(
+        "f2.toml",
+        "[[forward]]\nmatch = \"198.18.250.2:80\"\nto = [\"198.18.250.1:80\"]\n",
+        false,
+    ));
+    assert!(out.contains("applied: 1 added, 1 removed"), "{out}");
+    let f = d.json(&["forward", "list"]);
+    assert_eq!(f.as_array().unwrap().len(), 1);
+    assert_eq!(f[0]["match"], "198.18.250.2:80", "{f}");
+    // A loop inside the file itself is refused by name.
+    refused(
+        apply(
+            "f3.toml",
+            "[[forward]]\nmatch = \"198.18.250.1:80\"\nto = [\"198.18.250.2:80\"]\n\n\
+             [[forward]]\nmatch = \"198.18.250.2:80\"\nto = [\"198.18.250.1:80\"]\n",
+            true,
+        ),
+        "forward[1]: forward loop",
+    );
+
+    // A redirect to an interface that does not exist is refused before any
+    // step, even when it replaces one whose interface vanished meanwhile
+    // (which the undo could not have put back through the API's checks).
+    struct Veth(&'static str);
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["link", "del", self.0]).status();
+        }
+    }
+    let v = Veth("sq2gone");
+    assert!(std::process::Command::new("ip")
+        .args(["link", "add", v.0, "type", "veth", "peer", "name", "sq2gonep"])
+        .status()
+        .unwrap()
+        .success());
+    ok(apply(
+        "r1.toml",
+        "[[forward]]\nmatch = \"198.18.250.2:80\"\nto = [\"198.18.250.1:80\"]\n\n\
+         [[redirect]]\ncidr = \"198.18.202.0/24\"\niface = \"sq2gone\"\n",
+        false,
+    ));
+    drop(v);
+    let r2 = "[[forward]]\nmatch = \"198.18.250.2:80\"\nto = [\"198.18.250.1:80\"]\n\n\
+              [[redirect]]\ncidr = \"198.18.202.0/24\"\niface = \"sq2nope\"\n";
+    refused(apply("r2.toml", r2, true), "interface sq2nope does not exist");
+    refused(apply("r2.toml", r2, false), "interface sq2nope does not exist");
+    let r = d.json(&["redirect", "list"]);
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r[0]["iface"], "sq2gone", "{r}");
+}

@@ -140,7 +140,7 @@ fn disabled_probes_stop_at_once_stay_off_across_restarts_and_enable_again() {
             let _ = Command::new("ip").args(["link", "del", &self.0]).status();
         }
     }
-    let _v = Veth(later.clone());
+    let mut v = Veth(later.clone());
     assert!(Command::new("ip")
         .args(["link", "add", &later, "type", "veth", "peer", "name", "spz1peer"])
         .status()
@@ -183,6 +183,50 @@ fn disabled_probes_stop_at_once_stay_off_across_restarts_and_enable_again() {
         d.json(&["status"])["disabled_probes"],
         serde_json::json!([format!("xdp/{later}")])
     );
+
+    // Probe states follow names: another owner's XDP program on the
+    // interface, then a rename to a name whose XDP probe is enabled. sluice
+    // does not replace the program: its XDP probe there is "failed" (not
+    // "disabled": nobody disabled it), and the TC hooks still toggle.
+    let other = PinDir::new("p1other");
+    std::fs::create_dir_all(&other.0).unwrap();
+    let mut obj = aya::EbpfLoader::new()
+        .default_map_pin_directory(&other.0)
+        .load(sluice::dataplane::XDP_OBJ)
+        .unwrap();
+    let prog: &mut aya::programs::Xdp = obj.program_mut(sluice_abi::xdp::PROGRAM).unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    prog.attach(&later, aya::programs::XdpMode::Skb).unwrap();
+    let renamed = "sp1-y";
+    assert!(Command::new("ip")
+        .args(["link", "set", "dev", &later, "name", renamed])
+        .status()
+        .unwrap()
+        .success());
+    v.0 = renamed.into();
+    let xdp_y = format!("xdp/{renamed}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let list = loop {
+        let list = d.json(&["probes", "list"]);
+        if list.as_array().unwrap().iter().any(|p| p["id"] == xdp_y.as_str()) {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "{renamed} never listed: {list}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let x = probe(&list, &xdp_y);
+    assert_eq!(x["state"], "failed", "{x}");
+    assert!(x["error"].as_str().is_some_and(|e| !e.is_empty()), "{x}");
+    let st = d.json(&["status"]);
+    assert!(iface(&st, renamed)["errors"]["xdp"].is_string(), "{st}");
+    assert!(d.ok(&["status"]).contains("NOT ATTACHED (not filtered)"));
+    let tci = format!("tc-ingress/{renamed}");
+    d.ok(&["probes", "disable", &tci]);
+    assert_eq!(tcx_progs(renamed, Ingress), 0);
+    d.ok(&["probes", "enable", &tci]);
+    assert_eq!(tcx_progs(renamed, Ingress), 1);
+    drop(obj);
+    drop(v);
 }
 
 /// PUT over the unix socket, returning the raw response.
@@ -263,6 +307,31 @@ fn foreign_xdp_and_tc_programs_are_listed_and_never_replaced() {
         listed.contains(&format!("xdp/{}: ", b.host_if)),
         "the reason is printed: {listed}"
     );
+
+    // Disabling sluice's XDP probe there lets the rest attach (TC: forwards,
+    // redirects, L7) without the hook the other owner holds.
+    let xdp_b = format!("xdp/{}", b.host_if);
+    assert!(d.ok(&["probes", "disable", &xdp_b]).contains("(persisted)"));
+    let st = d.json(&["status"]);
+    assert!(st["not_attached"].as_array().is_none_or(|v| v.is_empty()), "{st}");
+    assert_eq!(iface(&st, &b.host_if)["tc"], true, "{st}");
+    assert!(iface(&st, &b.host_if)["mode"].is_null(), "{st}");
+    assert_eq!(probe(&d.json(&["probes", "list"]), &xdp_b)["state"], "disabled");
+    // Enabling it while the other program is there fails, and changes nothing.
+    let out = d.cli(&["probes", "enable", &xdp_b]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&xdp_b));
+    assert_eq!(
+        d.json(&["status"])["disabled_probes"],
+        serde_json::json!([xdp_b.clone()])
+    );
+    assert_eq!(xdp_prog_ids(&b.host_if), vec![foreign_xdp]);
+    let metrics = raw_get(&d.socket, "/metrics");
+    assert!(
+        metrics.contains("sluice_probes{kind=\"xdp\",state=\"disabled\"} 1"),
+        "{metrics}"
+    );
+
     drop(d);
     // The daemon is gone; the foreign programs stay.
     assert_eq!(xdp_prog_ids(&b.host_if), vec![foreign_xdp]);

@@ -96,7 +96,16 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             };
             for a in dp.attachments() {
                 for k in [ProbeKind::Xdp, ProbeKind::TcIngress, ProbeKind::TcEgress] {
-                    count(k, if a.has(k) { "enabled" } else { "disabled" });
+                    count(
+                        k,
+                        if a.has(k) {
+                            "enabled"
+                        } else if !dp.wants(k, &a.name) {
+                            "disabled"
+                        } else {
+                            "failed"
+                        },
+                    );
                 }
             }
             for _ in dp.failed() {

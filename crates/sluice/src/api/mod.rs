@@ -40,9 +40,9 @@ use types::*;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;
-/// Largest accepted policy (`POST /v1/policy`): a whole rule set at the
-/// largest `max_rules` fits.
-pub const MAX_POLICY_BODY: usize = 256 << 20;
+/// Largest accepted policy (`POST /v1/policy`): about 600,000 entries, so
+/// a whole rule set at the default capacities fits with room to spare.
+pub const MAX_POLICY_BODY: usize = 32 << 20;
 /// Time a client has to send a request body.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most rules one request may add.
@@ -231,75 +231,65 @@ impl From<PathRejection> for ApiError {
 
 /// A JSON request body, stricter than serde's defaults: the content type
 /// must be JSON; a key may appear once per object (serde_json would keep
-/// the last one silently, and a proxy might read the first); and the shape
-/// must be what [`BodyShape`] says, because serde also accepts a struct
-/// written as an array of its fields (so `[1]` would be a valid, empty
-/// policy). Every rejection is a JSON error; it is also the response type.
+/// the last one silently, and a proxy might read the first); and every
+/// request struct must be a JSON object ([`Obj`]: serde also accepts a
+/// struct written as an array of its fields, so `[1]` would otherwise be a
+/// valid, empty policy). Every rejection is a JSON error; it is also the
+/// response type.
 pub struct Json<T>(pub T);
 
-/// The JSON shape a request body must have before it is deserialised.
-pub trait BodyShape {
+/// A request body type, with its size cap.
+pub trait Body {
     /// Largest body of this type (the route's `DefaultBodyLimit` must allow
     /// it too).
     const MAX_BODY: usize = MAX_BODY;
-
-    /// Default: one JSON object.
-    fn check(v: &serde_json::Value) -> Result<(), String> {
-        object(v, "the request body")
-    }
+    /// True if the body must be one JSON object (see [`Obj`]).
+    const OBJECT: bool = true;
 }
 
-/// `v` must be a JSON object.
-pub fn object(v: &serde_json::Value, what: &str) -> Result<(), String> {
-    if v.is_object() {
-        Ok(())
-    } else {
-        Err(format!("{what} must be a JSON object, not {}", json_kind(v)))
-    }
+/// One rule object or an array of them; its own `Deserialize` keeps each
+/// to an object.
+impl Body for OneOrMany<RuleRequest> {
+    const OBJECT: bool = false;
 }
+impl Body for LimitRequest {}
+impl Body for ForwardRequest {}
+impl Body for RedirectRequest {}
+impl Body for ProbeStateRequest {}
+impl Body for StatsRequest {}
 
-/// `v` must be an array of JSON objects.
-pub fn objects(v: &serde_json::Value, what: &str) -> Result<(), String> {
-    match v.as_array() {
-        Some(items) => items
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, item)| object(item, &format!("{what}[{}]", i + 1))),
-        None => Err(format!("{what} must be an array of JSON objects, not {}", json_kind(v))),
-    }
-}
+/// A `T` that only deserialises from a JSON object (or TOML table), never
+/// from an array of its fields.
+pub struct Obj<T>(pub T);
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
-impl BodyShape for OneOrMany<RuleRequest> {
-    fn check(v: &serde_json::Value) -> Result<(), String> {
-        if let Some(items) = v.as_array() {
-            items
-                .iter()
-                .enumerate()
-                .try_for_each(|(i, item)| object(item, &format!("rule {}", i + 1)))
-        } else {
-            object(v, "the request body")
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
         }
+        d.deserialize_map(V(std::marker::PhantomData)).map(Obj)
     }
 }
-impl BodyShape for LimitRequest {}
-impl BodyShape for ForwardRequest {}
-impl BodyShape for RedirectRequest {}
-impl BodyShape for ProbeStateRequest {}
-impl BodyShape for StatsRequest {}
 
-/// Fails on the first object that holds a key twice.
-fn no_duplicate_keys(body: &[u8]) -> Result<(), String> {
+/// `deserialize_with` for a list of request structs: objects only.
+pub fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let v: Vec<Obj<T>> = serde::Deserialize::deserialize(d)?;
+    Ok(v.into_iter().map(|o| o.0).collect())
+}
+
+/// Fails on the first object that holds a key twice (or on bad JSON).
+fn no_duplicate_keys(body: &[u8]) -> Result<(), serde_json::Error> {
     use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
     struct Walk;
     impl<'de> DeserializeSeed<'de> for Walk {
@@ -347,7 +337,8 @@ fn no_duplicate_keys(body: &[u8]) -> Result<(), String> {
         }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    Walk.deserialize(&mut de).map_err(|e| e.to_string())
+    Walk.deserialize(&mut de)?;
+    de.end()
 }
 
 fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
@@ -366,7 +357,7 @@ fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
 impl<S, T> axum::extract::FromRequest<S> for Json<T>
 where
     S: Send + Sync,
-    T: serde::de::DeserializeOwned + BodyShape,
+    T: serde::de::DeserializeOwned + Body,
 {
     type Rejection = ApiError;
 
@@ -409,24 +400,35 @@ where
                 ApiError(r.status(), r.body_text())
             }
         })?;
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("failed to parse the request body as JSON: {e}"),
-            )
+        // Syntax first (400), then duplicate keys and the shape (422).
+        let status = |e: &serde_json::Error| {
+            if e.is_data() {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::BAD_REQUEST
+            }
+        };
+        no_duplicate_keys(&body).map_err(|e| {
+            let what = if e.is_data() {
+                "invalid request body"
+            } else {
+                "failed to parse the request body as JSON"
+            };
+            ApiError(status(&e), format!("{what}: {e}"))
         })?;
-        let shape = |m: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, m);
-        no_duplicate_keys(&body).map_err(shape)?;
-        T::check(&v).map_err(shape)?;
-        serde_path_to_error::deserialize(v).map(Json).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(&body);
+        let t = if T::OBJECT {
+            serde_path_to_error::deserialize(&mut de).map(|o: Obj<T>| o.0)
+        } else {
+            serde_path_to_error::deserialize(&mut de)
+        };
+        let t = t.map_err(|e| {
             let at = e.path().to_string();
             let inner = e.into_inner();
-            shape(if at == "." {
-                format!("invalid request body: {inner}")
-            } else {
-                format!("invalid request body: {at}: {inner}")
-            })
-        })
+            let at = if at == "." { String::new() } else { format!("{at}: ") };
+            ApiError(status(&inner), format!("invalid request body: {at}{inner}"))
+        })?;
+        Ok(Json(t))
     }
 }
 
@@ -867,6 +869,13 @@ pub(crate) fn set_probe(s: &Ctl, id: &ProbeId, enabled: bool) -> ApiResult<Probe
     };
     if states.is_enabled(id) == enabled {
         let present = match &s.dp {
+            // Already enabled: attach it again if it failed (idempotent
+            // when it is attached).
+            Some(dp) if enabled => dp
+                .lock()
+                .unwrap()
+                .set_probe(id, true)
+                .map_err(|e| ApiError(StatusCode::CONFLICT, format!("{id}: {}", crate::dataplane::chain(&e))))?,
             Some(dp) => {
                 let dp = dp.lock().unwrap();
                 id.kind == ProbeKind::Trace || dp.attachments().any(|a| a.name == id.attach)
@@ -1059,6 +1068,10 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
                             .into_iter()
                             .filter(|k| !dp.wants(*k, &a.name))
                             .map(|k| k.as_str().to_string())
+                            .collect(),
+                        errors: [ProbeKind::Xdp, ProbeKind::TcIngress, ProbeKind::TcEgress]
+                            .into_iter()
+                            .filter_map(|k| Some((k.as_str().to_string(), a.error(k)?.to_string())))
                             .collect(),
                     })
                     .collect();

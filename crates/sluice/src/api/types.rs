@@ -96,12 +96,14 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
                 .into_iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    serde_path_to_error::deserialize(v).map_err(|e| D::Error::custom(format!("rule {}: {e}", i + 1)))
+                    serde_path_to_error::deserialize(v)
+                        .map(|o: super::Obj<T>| o.0)
+                        .map_err(|e| D::Error::custom(format!("rule {}: {e}", i + 1)))
                 })
                 .collect::<Result<Vec<T>, _>>()
                 .map(OneOrMany::Many),
             v => serde_path_to_error::deserialize(v)
-                .map(OneOrMany::One)
+                .map(|o: super::Obj<T>| OneOrMany::One(o.0))
                 .map_err(D::Error::custom),
         }
     }
@@ -160,6 +162,9 @@ pub struct IfaceView {
     /// Probes the operator disabled here: xdp, tc-ingress, tc-egress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disabled: Vec<String>,
+    /// Enabled probes that failed to attach here, with the reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, String>,
 }
 
 /// An interface that matched the globs but could not be attached.

@@ -367,9 +367,17 @@ pub struct Attachment {
     pub adopted: bool,
     xdp: Option<XdpHook>,
     tc_links: Vec<TcHook>,
+    /// Why an enabled probe is not attached here (e.g. no tcx on this
+    /// kernel), by kind.
+    errors: BTreeMap<ProbeKind, String>,
 }
 
 impl Attachment {
+    /// Why the enabled probe `kind` is not attached here, if it failed.
+    pub fn error(&self, kind: ProbeKind) -> Option<&str> {
+        self.errors.get(&kind).map(String::as_str)
+    }
+
     /// How the XDP firewall runs here; None while `xdp/NAME` is disabled.
     pub fn mode(&self) -> Option<AttachMode> {
         self.xdp.as_ref().map(|x| x.mode)
@@ -650,7 +658,15 @@ impl Dataplane {
         let mut seen = BTreeSet::new();
         for a in self.attachments() {
             let nl = hooks.get(&a.ifindex).unwrap_or(&no_hooks);
-            let state = |k| if a.has(k) { "enabled" } else { "disabled" };
+            let state = |k| {
+                if a.has(k) {
+                    "enabled"
+                } else if !self.wants(k, &a.name) {
+                    "disabled"
+                } else {
+                    "failed"
+                }
+            };
             let mut x = probe(
                 ProbeKind::Xdp,
                 &a.name,
@@ -659,6 +675,7 @@ impl Dataplane {
                 state(ProbeKind::Xdp),
             );
             x.mode = a.mode();
+            x.error = a.error(ProbeKind::Xdp).map(String::from);
             out.push(x);
             for id in nl.xdp.iter().filter(|i| Some(**i) != xdp_id) {
                 out.push(foreign(ProbeKind::Xdp, &a.name, *id, None));
@@ -678,13 +695,9 @@ impl Dataplane {
                 ),
             ] {
                 let mine = tc_ids.get(prog).copied().flatten();
-                out.push(probe(
-                    kind,
-                    &a.name,
-                    prog,
-                    a.has(kind).then_some(mine).flatten(),
-                    state(kind),
-                ));
+                let mut p = probe(kind, &a.name, prog, a.has(kind).then_some(mine).flatten(), state(kind));
+                p.error = a.error(kind).map(String::from);
+                out.push(p);
                 let tcx = SchedClassifier::query_tcx(&a.name, ty).map(|r| r.1).unwrap_or_default();
                 for info in tcx.iter().filter(|i| Some(i.id()) != mine) {
                     out.push(foreign(kind, &a.name, info.id(), info.name_as_str()));
@@ -745,10 +758,11 @@ impl Dataplane {
     }
 
     /// Enables or disables one probe, at once: the link is detached and
-    /// unpinned, or attached (adopting nothing: a fresh link). Returns
-    /// whether the probe's attach point exists now (a probe of an absent
-    /// interface takes effect when the interface appears). On failure the
-    /// previous state is restored.
+    /// unpinned, or attached (a fresh link); only that probe's hook is
+    /// touched. Enabling a probe that is already enabled retries attaching
+    /// it if it failed. Returns whether the probe's attach point exists now
+    /// (a probe of an absent interface takes effect when the interface
+    /// appears). On failure the previous state is restored.
     pub fn set_probe(&mut self, id: &ProbeId, enabled: bool) -> Result<bool, DataplaneError> {
         let before = self.disabled.clone();
         if enabled {
@@ -756,6 +770,8 @@ impl Dataplane {
         } else {
             self.disabled.insert(id.clone());
         }
+        let attached = |dp: &Self| dp.attached.values().find(|a| a.name == id.attach).map(|a| a.ifindex);
+        let failed = |dp: &Self| dp.failed.iter().find(|(_, (n, _))| *n == id.attach).map(|(i, _)| *i);
         let r = match id.kind {
             ProbeKind::Trace => {
                 if enabled && self.trace.is_none() {
@@ -767,15 +783,21 @@ impl Dataplane {
                     Ok(true)
                 }
             }
-            _ => match self.attached.values().find(|a| a.name == id.attach).map(|a| a.ifindex) {
-                Some(ifindex) => self.sync(ifindex).map(|_| true),
-                None => Ok(false),
+            kind => match (attached(self), failed(self)) {
+                (Some(ifindex), _) => self.sync_kind(ifindex, kind).map(|_| true),
+                // Not managed because its XDP hook failed: try again (a
+                // disabled XDP probe no longer needs the hook).
+                (None, Some(ifindex)) => {
+                    let name = id.attach.clone();
+                    self.attach(ifindex, &name).map(|_| true)
+                }
+                (None, None) => Ok(false),
             },
         };
         if r.is_err() {
             self.disabled = before;
-            if let Some(ifindex) = self.attached.values().find(|a| a.name == id.attach).map(|a| a.ifindex) {
-                let _ = self.sync(ifindex);
+            if let Some(ifindex) = attached(self) {
+                let _ = self.sync_kind(ifindex, id.kind);
             }
         }
         r
@@ -815,30 +837,54 @@ impl Dataplane {
             adopted: false,
             xdp: None,
             tc_links: Vec::new(),
+            errors: BTreeMap::new(),
         };
         if let Err(e) = self.sync_xdp(&mut att) {
             self.failed.insert(ifindex, (name.into(), chain(&e)));
             return Err(e);
         }
         self.failed.remove(&ifindex);
-        if let Err(e) = self.sync_tc(&mut att) {
+        if let Err(e) = self.sync_tc(&mut att, None) {
             tracing::warn!(ifindex, name, error = %chain(&e), "TC programs not attached: forwards and redirects will not apply here");
         }
         tracing::info!(ifindex, name, mode = ?att.mode(), adopted = att.adopted, tc = att.tc(), "attached");
         Ok(self.attached.entry(ifindex).or_insert(att))
     }
 
-    /// Makes an attachment's links match the enabled probes of its name.
-    fn sync(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+    /// Makes an attachment's links match the enabled probes of its name
+    /// (after a rename); failures are recorded per hook, not returned.
+    fn sync(&mut self, ifindex: u32) {
+        let Some(mut att) = self.attached.remove(&ifindex) else {
+            return;
+        };
+        let _ = self.sync_xdp(&mut att);
+        let _ = self.sync_tc(&mut att, None);
+        self.attached.insert(ifindex, att);
+    }
+
+    /// Makes one hook of an attachment match its probe's state.
+    fn sync_kind(&mut self, ifindex: u32, kind: ProbeKind) -> Result<(), DataplaneError> {
         let Some(mut att) = self.attached.remove(&ifindex) else {
             return Ok(());
         };
-        let r = self.sync_xdp(&mut att).and_then(|_| self.sync_tc(&mut att));
+        let r = match kind {
+            ProbeKind::Xdp => self.sync_xdp(&mut att),
+            k => self.sync_tc(&mut att, Some(k)),
+        };
         self.attached.insert(ifindex, att);
         r
     }
 
     fn sync_xdp(&mut self, att: &mut Attachment) -> Result<(), DataplaneError> {
+        let r = self.sync_xdp_inner(att);
+        match &r {
+            Err(e) => att.errors.insert(ProbeKind::Xdp, chain(e)),
+            Ok(()) => att.errors.remove(&ProbeKind::Xdp),
+        };
+        r
+    }
+
+    fn sync_xdp_inner(&mut self, att: &mut Attachment) -> Result<(), DataplaneError> {
         let want = self.wants(ProbeKind::Xdp, &att.name);
         if !want {
             if let Some(h) = att.xdp.take() {
@@ -880,9 +926,30 @@ impl Dataplane {
     /// disabled ones. The hooks attached by one call are all or nothing: one
     /// without the other would leave a program running that status reports
     /// as absent.
-    fn sync_tc(&mut self, att: &mut Attachment) -> Result<(), DataplaneError> {
+    fn sync_tc(&mut self, att: &mut Attachment, only: Option<ProbeKind>) -> Result<(), DataplaneError> {
+        let r = self.sync_tc_inner(att, only);
+        for kind in [ProbeKind::TcIngress, ProbeKind::TcEgress] {
+            if only.is_some_and(|o| o != kind) {
+                continue;
+            }
+            match &r {
+                Err(e) if self.wants(kind, &att.name) && !att.has(kind) => {
+                    att.errors.insert(kind, chain(e));
+                }
+                _ => {
+                    att.errors.remove(&kind);
+                }
+            }
+        }
+        r
+    }
+
+    fn sync_tc_inner(&mut self, att: &mut Attachment, only: Option<ProbeKind>) -> Result<(), DataplaneError> {
         let mut added = Vec::new();
         for (kind, tag) in [(ProbeKind::TcIngress, "in"), (ProbeKind::TcEgress, "out")] {
+            if only.is_some_and(|o| o != kind) {
+                continue;
+            }
             let want = self.wants(kind, &att.name);
             if !want {
                 if let Some(i) = att.tc_links.iter().position(|h| h.kind == kind) {
@@ -1014,6 +1081,12 @@ impl Dataplane {
         self.attached.values()
     }
 
+    /// Forgets an interface that failed to attach (it vanished, or no
+    /// longer matches the globs).
+    pub fn forget_failed(&mut self, ifindex: u32) {
+        self.failed.remove(&ifindex);
+    }
+
     /// Interfaces that matched but could not be attached: (ifindex, name, why).
     pub fn failed(&self) -> impl Iterator<Item = (u32, &str, &str)> {
         self.failed.iter().map(|(i, (n, w))| (*i, n.as_str(), w.as_str()))
@@ -1027,9 +1100,7 @@ impl Dataplane {
                 return;
             }
             a.name = name.to_string();
-            if let Err(e) = self.sync(ifindex) {
-                tracing::warn!(ifindex, name, error = %chain(&e), "applying probe states after a rename");
-            }
+            self.sync(ifindex);
         }
     }
 }
