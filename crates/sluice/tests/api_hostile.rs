@@ -840,12 +840,12 @@ fn generated_rows(seed: &Seed) -> Vec<Case> {
     v.push(Case::new("PUT", format!("/v1/probes/{}/lo", long(300, "a")), J, r#"{"enabled":false}"#, Code(400), "unknown kind"));
 
     // Big policies: 30,000 rules and one bad one; more rules than the
-    // table holds (the apply fails and is undone).
+    // table holds (refused before anything is applied).
     let rules = |n: u32| (0..n).map(|i| json!({"cidr": format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)})).collect::<Vec<_>>();
     let mut deny = rules(30_000);
     deny.push(json!({"cidr": "nope"}));
     v.push(Case::new("POST", "/v1/policy", J, json!({"deny": deny}).to_string(), Code(400), "deny[30001]"));
-    v.push(Case::new("POST", "/v1/policy", J, json!({"deny": rules(1500)}).to_string(), Code(409), "nothing was changed"));
+    v.push(Case::new("POST", "/v1/policy", J, json!({"deny": rules(1500)}).to_string(), Code(400), "the table holds max_rules = 1000"));
     v.push(Case::new("POST", "/v1/policy", J, json!({"deny": [{"cidr": long(10_000, "x")}]}).to_string(), Code(400), "deny[1]"));
 
     // Queries and paths that are merely long.
