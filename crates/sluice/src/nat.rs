@@ -228,25 +228,34 @@ impl ForwardSpec {
 }
 
 /// The path by which `spec` would forward back to its own service through
-/// `forwards` (of its protocol), if there is one.
+/// `forwards` (of its protocol), if there is one. Linear in the number of
+/// targets: a search with parent links, not a copied path per edge.
 pub fn loop_path<'a>(forwards: impl Iterator<Item = &'a ForwardSpec>, spec: &ForwardSpec) -> Option<Vec<SocketAddr>> {
     let mut edges: HashMap<SocketAddr, Vec<SocketAddr>> = HashMap::new();
     for f in forwards.filter(|f| f.proto == spec.proto) {
         edges.entry(f.service).or_default().extend(&f.targets);
     }
     edges.entry(spec.service).or_default().extend(&spec.targets);
-    // Depth-first from the new service, looking for the way back.
-    let mut stack = vec![(spec.service, vec![spec.service])];
-    let mut seen = HashSet::new();
-    while let Some((node, path)) = stack.pop() {
-        for next in edges.get(&node).into_iter().flatten() {
-            let mut p = path.clone();
-            p.push(*next);
-            if *next == spec.service {
-                return Some(p);
+    let start = spec.service;
+    let mut parent: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+    let mut stack = vec![start];
+    while let Some(node) = stack.pop() {
+        for &next in edges.get(&node).into_iter().flatten() {
+            if next == start {
+                // Walk the parent links back: start .. node, then start again.
+                let mut path = vec![node];
+                let mut at = node;
+                while at != start {
+                    at = parent[&at];
+                    path.push(at);
+                }
+                path.reverse();
+                path.push(start);
+                return Some(path);
             }
-            if seen.insert(*next) {
-                stack.push((*next, p));
+            if next != start && !parent.contains_key(&next) {
+                parent.insert(next, node);
+                stack.push(next);
             }
         }
     }
@@ -952,7 +961,8 @@ mod tests {
         nat.add_forward(&req("198.18.2.2:80", &["198.18.3.3:80"])).unwrap();
         let e = nat.add_forward(&req("198.18.3.3:80", &["198.18.1.1:80"])).unwrap_err();
         assert!(
-            e.to_string().contains("forward loop: 198.18.3.3:80 -> 198.18.1.1:80"),
+            e.to_string()
+                .contains("forward loop: 198.18.3.3:80 -> 198.18.1.1:80 -> 198.18.2.2:80 -> 198.18.3.3:80"),
             "{e}"
         );
         assert_eq!(nat.forwards().count(), 2);

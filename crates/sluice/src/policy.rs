@@ -137,9 +137,9 @@ struct Validated {
     disabled: BTreeSet<ProbeId>,
 }
 
-/// Validates every entry, and that the end state fits: `max_rules` per
-/// firewall table, and the fixed limit, forward and redirect tables (so a
-/// dry run says so too, and an apply never fails half way for room).
+/// Validates every entry, and that the end state fits: `max_rules` deny
+/// and allow rules in total, and the fixed limit, forward and redirect
+/// tables (so a dry run says so too, and an apply never fails for room).
 fn validate(p: &Policy, max_rules: u32) -> Result<Validated, PolicyError> {
     let bad = |what: &str, i: usize, e: &dyn std::fmt::Display| PolicyError::Invalid(format!("{what}[{}]: {e}", i + 1));
     if p.version != POLICY_VERSION {
@@ -170,18 +170,11 @@ fn validate(p: &Policy, max_rules: u32) -> Result<Validated, PolicyError> {
             rules.push(spec);
         }
     }
-    let mut per_table: BTreeMap<(Action, &str, bool), usize> = BTreeMap::new();
-    for r in &rules {
-        *per_table.entry((r.action, r.dir.as_str(), r.cidr.is_v6())).or_default() += 1;
-    }
-    for ((action, dir, v6), n) in per_table {
-        if n > max_rules as usize {
-            return Err(PolicyError::Invalid(format!(
-                "{n} {} {dir} IPv{} rules; the table holds max_rules = {max_rules}",
-                action.as_str(),
-                if v6 { 6 } else { 4 }
-            )));
-        }
+    if rules.len() > max_rules as usize {
+        return Err(PolicyError::Invalid(format!(
+            "{} deny and allow rules; the firewall holds max_rules = {max_rules} in total",
+            rules.len()
+        )));
     }
     let mut limits: Vec<LimitSpec> = Vec::new();
     for (i, l) in p.limits.iter().enumerate() {
@@ -475,14 +468,16 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
     diff.added.extend(redirect_adds.iter().map(|(s, _)| redirect_line(s)));
 
     // Probes: the listed ones disabled, every other one enabled.
+    // Disables first: disabling an XDP probe can let an interface attach
+    // that an enable of its tc probes then finds.
     let mut probe_changes: Vec<(ProbeId, bool)> = Vec::new();
-    for id in probes.disabled().difference(&want.disabled) {
-        diff.changed.push(format!("probe {id} enabled"));
-        probe_changes.push((id.clone(), true));
-    }
     for id in want.disabled.difference(probes.disabled()) {
         diff.changed.push(format!("probe {id} disabled"));
         probe_changes.push((id.clone(), false));
+    }
+    for id in probes.disabled().difference(&want.disabled) {
+        diff.changed.push(format!("probe {id} enabled"));
+        probe_changes.push((id.clone(), true));
     }
     diff.unchanged += want.disabled.intersection(probes.disabled()).count();
 
@@ -519,41 +514,15 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
             }
         };
     }
-    // The steps that can fail (a full table, a missing interface, another
-    // owner's program on a hook) run before anything is removed, so an undo
-    // only deletes what this apply added. Only an entry replaced by one with
-    // the same match (removed first: the two would conflict) is put back
-    // under a new id if a later step fails.
-    let limit_replaced = |m: &LimitSpec| limit_adds.iter().any(|a| a.m == m.m && a.kind == m.kind);
-    let forward_replaced = |f: &ForwardSpec| {
-        forward_adds
-            .iter()
-            .any(|(a, _)| a.service == f.service && a.proto == f.proto)
-    };
-    let redirect_replaced = |r: &RedirectSpec| redirect_adds.iter().any(|(a, _)| a.cidr == r.cidr);
-    let (limit_swaps, limit_removes): (Vec<_>, Vec<_>) =
-        limit_removes.into_iter().partition(|(_, s)| limit_replaced(s));
-    let (forward_swaps, forward_removes): (Vec<_>, Vec<_>) =
-        forward_removes.into_iter().partition(|(_, s)| forward_replaced(s));
-    let (redirect_swaps, redirect_removes): (Vec<_>, Vec<_>) =
-        redirect_removes.into_iter().partition(|(_, s)| redirect_replaced(s));
-    // Pure removals normally come last; a table too full for its adds (or
-    // a forward that only loops through one about to go) gets its removals
-    // first, then the add is tried again.
+    // Every step that can fail (a full table, another owner's program on a
+    // hook) runs before anything is removed, so an undo usually only
+    // deletes what this apply added. Two exceptions, per table: an entry
+    // replaced by one with the same match goes just before its successor is
+    // added (the two would conflict); and if an add fails while stale
+    // entries are still pending (no room yet, or a forward that only loops
+    // through one about to go), those go first and the add is tried again.
+    // Stale entries put back by an undo get new ids.
     let mut rule_removes = Some(rule_removes);
-    let mut limit_removes = Some(limit_removes);
-    let mut forward_removes = Some(forward_removes);
-    let mut redirect_removes = Some(redirect_removes);
-    macro_rules! make_room {
-        ($removes:expr, |$x:pat_param| $remove:expr) => {{
-            let pending = $removes.take().unwrap_or_default();
-            let any = !pending.is_empty();
-            for $x in pending {
-                $remove;
-            }
-            any
-        }};
-    }
     macro_rules! remove_rule {
         ($spec:expr) => {{
             let spec: RuleSpec = $spec;
@@ -567,29 +536,16 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
             done.push(Undo::RuleRemoved(spec));
         }};
     }
-    macro_rules! remove_limit {
-        ($id:expr, $spec:expr) => {{
-            step!(lim.delete($id));
-            done.push(Undo::LimitRemoved($spec));
-        }};
-    }
-    macro_rules! remove_forward {
-        ($id:expr, $spec:expr) => {{
-            step!(nat.del_forward($id));
-            done.push(Undo::ForwardRemoved(forward_request(&$spec)));
-        }};
-    }
-    macro_rules! remove_redirect {
-        ($id:expr, $spec:expr) => {{
-            step!(nat.del_redirect($id));
-            done.push(Undo::RedirectRemoved(redirect_request(&$spec)));
-        }};
-    }
     // Tighten before loosening: new deny/allow entries first.
     if !rule_adds.is_empty() {
         let added = match fw.add(rule_adds.clone()) {
             Ok(a) => a,
-            Err(_) if make_room!(rule_removes, |spec| remove_rule!(spec)) => step!(fw.add(rule_adds)),
+            Err(_) if rule_removes.as_ref().is_some_and(|r| !r.is_empty()) => {
+                for spec in rule_removes.take().unwrap_or_default() {
+                    remove_rule!(spec);
+                }
+                step!(fw.add(rule_adds))
+            }
             Err(e) => step!(Err(e)),
         };
         done.extend(added.iter().map(|r| Undo::RuleAdded(r.spec.action, r.spec.key())));
@@ -598,94 +554,94 @@ pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, Poli
         step!(fw.set_comment(&key, comment));
         done.push(Undo::CommentChanged(key, old));
     }
-    for spec in limit_adds
-        .iter()
-        .filter(|a| !limit_swaps.iter().any(|(_, s)| s.m == a.m && s.kind == a.kind))
-    {
-        let l = match lim.add((*spec).clone()) {
-            Ok(l) => l,
-            Err(_) if make_room!(limit_removes, |(id, old)| remove_limit!(id, old)) => step!(lim.add((*spec).clone())),
-            Err(e) => step!(Err(e)),
-        };
-        done.push(Undo::LimitAdded(l.id));
-    }
-    for (_, req) in forward_adds.iter().filter(|(a, _)| {
-        !forward_swaps
-            .iter()
-            .any(|(_, s)| s.service == a.service && s.proto == a.proto)
-    }) {
-        let f = match nat.add_forward(req) {
-            Ok(f) => f,
-            Err(_) if make_room!(forward_removes, |(id, old)| remove_forward!(id, old)) => {
-                step!(nat.add_forward(req))
+
+    // One table's adds: `$same` says whether an old entry has the new one's
+    // match; adds without such an old entry run first.
+    macro_rules! table {
+        ($pending:ident, $adds:expr, |$o:ident, $n:ident| $same:expr, add $add:expr,
+         remove |$id:ident, $old:ident| $remove:block, added |$r:ident| $added:expr) => {{
+            let mut adds: Vec<_> = $adds.into_iter().collect();
+            adds.sort_by_key(|$n| $pending.iter().any(|(_, $o)| $same));
+            for $n in adds {
+                if let Some(i) = $pending.iter().position(|(_, $o)| $same) {
+                    let ($id, $old) = $pending.remove(i);
+                    $remove
+                }
+                let $r = match $add {
+                    Ok(r) => r,
+                    Err(_) if !$pending.is_empty() => {
+                        for ($id, $old) in std::mem::take(&mut $pending) {
+                            $remove
+                        }
+                        step!($add)
+                    }
+                    Err(e) => step!(Err(e)),
+                };
+                done.push($added);
             }
-            Err(e) => step!(Err(e)),
-        };
-        done.push(Undo::ForwardAdded(f.id));
+        }};
     }
-    for (_, req) in redirect_adds
-        .iter()
-        .filter(|(a, _)| !redirect_swaps.iter().any(|(_, s)| s.cidr == a.cidr))
-    {
-        let r = match nat.add_redirect(req) {
-            Ok(r) => r,
-            Err(_) if make_room!(redirect_removes, |(id, old)| remove_redirect!(id, old)) => {
-                step!(nat.add_redirect(req))
-            }
-            Err(e) => step!(Err(e)),
-        };
-        done.push(Undo::RedirectAdded(r.id));
-    }
+    let mut limit_removes = limit_removes;
+    table!(
+        limit_removes, limit_adds, |o, n| o.m == n.m && o.kind == n.kind,
+        add lim.add((*n).clone()),
+        remove |id, old| {
+            step!(lim.delete(id));
+            done.push(Undo::LimitRemoved(old));
+        },
+        added |l| Undo::LimitAdded(l.id)
+    );
+    let mut forward_removes = forward_removes;
+    table!(
+        forward_removes, forward_adds, |o, n| o.service == n.0.service && o.proto == n.0.proto,
+        add nat.add_forward(&n.1),
+        remove |id, old| {
+            step!(nat.del_forward(id));
+            done.push(Undo::ForwardRemoved(forward_request(&old)));
+        },
+        added |f| Undo::ForwardAdded(f.id)
+    );
+    let mut redirect_removes = redirect_removes;
+    table!(
+        redirect_removes, redirect_adds, |o, n| o.cidr == n.0.cidr,
+        add nat.add_redirect(&n.1),
+        remove |id, old| {
+            step!(nat.del_redirect(id));
+            done.push(Undo::RedirectRemoved(redirect_request(&old)));
+        },
+        added |r| Undo::RedirectAdded(r.id)
+    );
     for (id, enabled) in probe_changes {
-        step!(set_probe(s, &mut probes, &id, enabled));
-        done.push(Undo::Probe(id, !enabled));
+        match probes.apply(s.dp.as_deref(), &id, enabled) {
+            Ok(_) => done.push(Undo::Probe(id, !enabled)),
+            Err(crate::probes::SetProbeError::Partial(m)) => {
+                let undone = undo(s, &mut done, &mut fw, &mut lim, &mut nat, &mut probes);
+                return Err(PolicyError::Partial(
+                    m,
+                    undone.err().unwrap_or_else(|| "every other step was undone".into()),
+                ));
+            }
+            Err(e) => step!(Err(e)),
+        }
     }
-    // Replacements: the old entry goes, the new one takes its match.
-    for (id, old) in limit_swaps {
+    // Stale entries last: removing only fails if the store does.
+    for spec in rule_removes.take().unwrap_or_default() {
+        remove_rule!(spec);
+    }
+    for (id, old) in limit_removes {
         step!(lim.delete(id));
-        done.push(Undo::LimitRemoved(old.clone()));
-        let new = limit_adds
-            .iter()
-            .find(|a| a.m == old.m && a.kind == old.kind)
-            .expect("partitioned");
-        let l = step!(lim.add((*new).clone()));
-        done.push(Undo::LimitAdded(l.id));
+        done.push(Undo::LimitRemoved(old));
     }
-    for (id, old) in forward_swaps {
+    for (id, old) in forward_removes {
         step!(nat.del_forward(id));
         done.push(Undo::ForwardRemoved(forward_request(&old)));
-        let (_, req) = forward_adds
-            .iter()
-            .find(|(a, _)| a.service == old.service && a.proto == old.proto)
-            .expect("partitioned");
-        let f = step!(nat.add_forward(req));
-        done.push(Undo::ForwardAdded(f.id));
     }
-    for (id, old) in redirect_swaps {
+    for (id, old) in redirect_removes {
         step!(nat.del_redirect(id));
         done.push(Undo::RedirectRemoved(redirect_request(&old)));
-        let (_, req) = redirect_adds
-            .iter()
-            .find(|(a, _)| a.cidr == old.cidr)
-            .expect("partitioned");
-        let r = step!(nat.add_redirect(req));
-        done.push(Undo::RedirectAdded(r.id));
     }
-    // Pure removals last (unless made early for room): they only fail if
-    // the store does.
-    make_room!(rule_removes, |spec| remove_rule!(spec));
-    make_room!(limit_removes, |(id, old)| remove_limit!(id, old));
-    make_room!(forward_removes, |(id, old)| remove_forward!(id, old));
-    make_room!(redirect_removes, |(id, old)| remove_redirect!(id, old));
     diff.applied = true;
     Ok(diff)
-}
-
-fn set_probe(s: &Ctl, probes: &mut crate::probes::ProbeStates, id: &ProbeId, enabled: bool) -> Result<(), String> {
-    probes
-        .apply(s.dp.as_deref(), id, enabled)
-        .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 /// Undoes `done` in reverse; the first failure is returned (the rest is
@@ -719,7 +675,7 @@ fn undo(
             Undo::ForwardRemoved(req) => nat.add_forward(&req).map(drop).map_err(|e| e.to_string()),
             Undo::RedirectAdded(id) => nat.del_redirect(id).map(drop).map_err(|e| e.to_string()),
             Undo::RedirectRemoved(req) => nat.restore_redirect(&req).map(drop).map_err(|e| e.to_string()),
-            Undo::Probe(id, enabled) => set_probe(s, probes, &id, enabled),
+            Undo::Probe(id, enabled) => probes.restore(s.dp.as_deref(), &id, enabled).map_err(|e| e.to_string()),
         };
         if let Err(e) = r {
             tracing::error!(error = %e, "undoing a partly applied policy");

@@ -109,6 +109,10 @@ pub enum SetProbeError {
     /// The kernel refused (e.g. another owner's program holds the hook).
     #[error("{0}")]
     Kernel(String),
+    /// The store failed and putting the kernel back failed too: the two
+    /// disagree until the next change or restart.
+    #[error("{0}")]
+    Partial(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -161,7 +165,7 @@ impl ProbeStates {
         if let Err(e) = self.set(id, enabled) {
             if let Some(dp) = dp {
                 if let Err(back) = dp.lock().unwrap().set_probe(id, !enabled) {
-                    return Err(SetProbeError::Kernel(format!(
+                    return Err(SetProbeError::Partial(format!(
                         "{id}: storing the state failed ({e}) and so did putting the kernel back ({}); \
                          the kernel now has it {}",
                         crate::dataplane::chain(&back),
@@ -173,6 +177,21 @@ impl ProbeStates {
         }
         tracing::info!(probe = %id, enabled, present, "probe state changed");
         Ok(present)
+    }
+
+    /// Puts a probe state back (a policy's undo), in the kernel and the
+    /// store. Unlike [`ProbeStates::apply`] a hook that cannot attach is not
+    /// an error: it is left failed, as it would be after a restart.
+    pub fn restore(
+        &mut self,
+        dp: Option<&std::sync::Mutex<crate::dataplane::Dataplane>>,
+        id: &ProbeId,
+        enabled: bool,
+    ) -> Result<(), StoreError> {
+        if let Some(dp) = dp {
+            dp.lock().unwrap().restore_probe(id, enabled);
+        }
+        self.set(id, enabled).map(drop)
     }
 
     /// Records a state; returns false if it already was so.

@@ -845,7 +845,9 @@ fn generated_rows(seed: &Seed) -> Vec<Case> {
     let mut deny = rules(30_000);
     deny.push(json!({"cidr": "nope"}));
     v.push(Case::new("POST", "/v1/policy", J, json!({"deny": deny}).to_string(), Code(400), "deny[30001]"));
-    v.push(Case::new("POST", "/v1/policy", J, json!({"deny": rules(1500)}).to_string(), Code(400), "the table holds max_rules = 1000"));
+    v.push(Case::new("POST", "/v1/policy", J, json!({"deny": rules(1500)}).to_string(), Code(400), "max_rules = 1000 in total"));
+    // The cap is for deny and allow together: 600 + 600 does not fit either.
+    v.push(Case::new("POST", "/v1/policy", J, json!({"deny": rules(600), "allow": rules(600)}).to_string(), Code(400), "1200 deny and allow rules"));
     v.push(Case::new("POST", "/v1/policy", J, json!({"deny": [{"cidr": long(10_000, "x")}]}).to_string(), Code(400), "deny[1]"));
 
     // Queries and paths that are merely long.

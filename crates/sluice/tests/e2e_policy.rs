@@ -326,6 +326,24 @@ fn apply_makes_room_and_refuses_what_cannot_fit() {
         "forward[1]: forward loop",
     );
 
+    // Loops that exist only half way through an apply: a forward replaced
+    // while a new one points back at its old target, and a replacement
+    // that loops through a forward about to go.
+    let fwd = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(m, t)| format!("[[forward]]\nmatch = \"198.18.250.{m}:80\"\nto = [\"198.18.250.{t}:80\"]\n\n"))
+            .collect::<String>()
+    };
+    let out = ok(apply("f4.toml", &fwd(&[("2", "3"), ("1", "2")]), false));
+    assert!(out.contains("applied: 2 added, 1 removed"), "{out}");
+    ok(apply("f5.toml", &fwd(&[("1", "2"), ("3", "1")]), false));
+    let out = ok(apply("f6.toml", &fwd(&[("1", "3")]), false));
+    assert!(out.contains("applied: 1 added, 2 removed"), "{out}");
+    let f = d.json(&["forward", "list"]);
+    assert_eq!(f.as_array().unwrap().len(), 1);
+    assert_eq!(f[0]["match"], "198.18.250.1:80", "{f}");
+
     // A redirect to an interface that does not exist is refused before any
     // step, even when it replaces one whose interface vanished meanwhile
     // (which the undo could not have put back through the API's checks).

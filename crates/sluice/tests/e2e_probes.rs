@@ -308,10 +308,48 @@ fn foreign_xdp_and_tc_programs_are_listed_and_never_replaced() {
         "the reason is printed: {listed}"
     );
 
+    // A policy that disables b's XDP probe (b then attaches without it) and
+    // enables a's, while another owner holds a's hook too: the enable
+    // fails, and the undo puts b back as it was (unmanaged, failed).
+    let (xdp_a, xdp_b) = (format!("xdp/{}", a.host_if), format!("xdp/{}", b.host_if));
+    d.ok(&["probes", "disable", &xdp_a]);
+    let mut obj_a = aya::EbpfLoader::new()
+        .default_map_pin_directory(&other.0)
+        .load(sluice::dataplane::XDP_OBJ)
+        .unwrap();
+    let xa: &mut aya::programs::Xdp = obj_a.program_mut(sluice_abi::xdp::PROGRAM).unwrap().try_into().unwrap();
+    xa.load().unwrap();
+    xa.attach(&a.host_if, aya::programs::XdpMode::Skb).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("p.toml");
+    std::fs::write(&pol, format!("[probes]\ndisabled = [\"{xdp_b}\"]\n")).unwrap();
+    let out = d.cli(&["apply", "-f", pol.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&xdp_a) && err.contains("nothing was changed"), "{err}");
+    let st = d.json(&["status"]);
+    assert_eq!(st["disabled_probes"], serde_json::json!([xdp_a.clone()]), "{st}");
+    assert_eq!(
+        st["not_attached"][0]["name"],
+        b.host_if.as_str(),
+        "b is unmanaged again: {st}"
+    );
+    assert!(iface(&st, &a.host_if)["mode"].is_null(), "{st}");
+    // With the other owner gone from a, enabling sluice's probe there works.
+    drop(obj_a);
+    d.ok(&["probes", "enable", &xdp_a]);
+    assert_eq!(iface(&d.json(&["status"]), &a.host_if)["mode"], "native");
+
+    // A tc probe of b can change meanwhile: recorded, and applied once b is
+    // managed.
+    let tce_b = format!("tc-egress/{}", b.host_if);
+    assert!(d.ok(&["probes", "disable", &tce_b]).contains("not present now"));
     // Disabling sluice's XDP probe there lets the rest attach (TC: forwards,
     // redirects, L7) without the hook the other owner holds.
-    let xdp_b = format!("xdp/{}", b.host_if);
     assert!(d.ok(&["probes", "disable", &xdp_b]).contains("(persisted)"));
+    use aya::programs::TcAttachType::{Egress, Ingress};
+    assert_eq!((tcx_progs(&b.host_if, Ingress), tcx_progs(&b.host_if, Egress)), (1, 0));
+    d.ok(&["probes", "enable", &tce_b]);
     let st = d.json(&["status"]);
     assert!(st["not_attached"].as_array().is_none_or(|v| v.is_empty()), "{st}");
     assert_eq!(iface(&st, &b.host_if)["tc"], true, "{st}");

@@ -886,6 +886,10 @@ pub(crate) fn set_probe(s: &Ctl, id: &ProbeId, enabled: bool) -> ApiResult<Probe
     }
     let present = states.apply(s.dp.as_deref(), id, enabled).map_err(|e| match e {
         SetProbeError::Kernel(m) => ApiError(StatusCode::CONFLICT, m),
+        SetProbeError::Partial(m) => {
+            tracing::error!(error = %m, "probe state change");
+            internal(m)
+        }
         SetProbeError::Store(e) => {
             tracing::error!(error = %e, "persisting a probe state");
             internal(e.to_string())

@@ -785,12 +785,14 @@ impl Dataplane {
             }
             kind => match (attached(self), failed(self)) {
                 (Some(ifindex), _) => self.sync_kind(ifindex, kind).map(|_| true),
-                // Not managed because its XDP hook failed: try again (a
-                // disabled XDP probe no longer needs the hook).
-                (None, Some(ifindex)) => {
+                // Not managed because its XDP hook failed: an XDP change
+                // tries again (a disabled XDP probe no longer needs the
+                // hook); a tc change is recorded and applies once it is.
+                (None, Some(ifindex)) if kind == ProbeKind::Xdp => {
                     let name = id.attach.clone();
                     self.attach(ifindex, &name).map(|_| true)
                 }
+                (None, Some(_)) => Ok(false),
                 (None, None) => Ok(false),
             },
         };
@@ -801,6 +803,30 @@ impl Dataplane {
             }
         }
         r
+    }
+
+    /// Puts a probe state back without failing: as [`Dataplane::set_probe`],
+    /// but an XDP probe that cannot attach leaves its interface unmanaged
+    /// and failed, and a tc or trace probe is left failed, as after a
+    /// restart with this state.
+    pub fn restore_probe(&mut self, id: &ProbeId, enabled: bool) {
+        let Err(e) = self.set_probe(id, enabled) else {
+            return;
+        };
+        if enabled {
+            self.disabled.remove(id);
+        } else {
+            self.disabled.insert(id.clone());
+        }
+        let Some(ifindex) = self.attached.values().find(|a| a.name == id.attach).map(|a| a.ifindex) else {
+            return;
+        };
+        if id.kind == ProbeKind::Xdp {
+            self.detach(ifindex);
+            self.failed.insert(ifindex, (id.attach.clone(), chain(&e)));
+        } else {
+            let _ = self.sync_kind(ifindex, id.kind);
+        }
     }
 
     /// Kernel id of the loaded XDP program.
