@@ -231,16 +231,22 @@ impl ForwardSpec {
 /// `forwards` (of its protocol), if there is one. Linear in the number of
 /// targets: a search with parent links, not a copied path per edge.
 pub fn loop_path<'a>(forwards: impl Iterator<Item = &'a ForwardSpec>, spec: &ForwardSpec) -> Option<Vec<SocketAddr>> {
-    let mut edges: HashMap<SocketAddr, Vec<SocketAddr>> = HashMap::new();
-    for f in forwards.filter(|f| f.proto == spec.proto) {
-        edges.entry(f.service).or_default().extend(&f.targets);
+    let mut edges: HashMap<SocketAddr, &[SocketAddr]> = HashMap::new();
+    let mut incoming = spec.targets.contains(&spec.service);
+    for f in forwards.filter(|f| f.proto == spec.proto && f.service != spec.service) {
+        incoming |= f.targets.contains(&spec.service);
+        edges.insert(f.service, &f.targets);
     }
-    edges.entry(spec.service).or_default().extend(&spec.targets);
+    if !incoming {
+        // Nothing forwards to this service: no way back to it.
+        return None;
+    }
+    edges.insert(spec.service, &spec.targets);
     let start = spec.service;
     let mut parent: HashMap<SocketAddr, SocketAddr> = HashMap::new();
     let mut stack = vec![start];
     while let Some(node) = stack.pop() {
-        for &next in edges.get(&node).into_iter().flatten() {
+        for &next in edges.get(&node).copied().unwrap_or_default() {
             if next == start {
                 // Walk the parent links back: start .. node, then start again.
                 let mut path = vec![node];
@@ -256,6 +262,55 @@ pub fn loop_path<'a>(forwards: impl Iterator<Item = &'a ForwardSpec>, spec: &For
             if next != start && !parent.contains_key(&next) {
                 parent.insert(next, node);
                 stack.push(next);
+            }
+        }
+    }
+    None
+}
+
+/// A forwarding loop among `forwards` (services of one protocol forwarding,
+/// through each other, back to themselves), if there is one: one
+/// depth-first pass over the whole graph, linear in the number of targets.
+pub fn find_loop<'a>(forwards: impl Iterator<Item = &'a ForwardSpec>) -> Option<Vec<SocketAddr>> {
+    let mut edges: HashMap<(Proto, SocketAddr), &[SocketAddr]> = HashMap::new();
+    for f in forwards {
+        edges.insert((f.proto, f.service), &f.targets);
+    }
+    // 1: on the current path; 2: fully explored.
+    let mut state: HashMap<(Proto, SocketAddr), u8> = HashMap::new();
+    let mut roots: Vec<(Proto, SocketAddr)> = edges.keys().copied().collect();
+    roots.sort_by_key(|(p, a)| (p.as_str(), *a));
+    for root in roots {
+        if state.contains_key(&root) {
+            continue;
+        }
+        // (node, index of the next target to follow)
+        let mut stack = vec![(root, 0usize)];
+        state.insert(root, 1);
+        while let Some((node, i)) = stack.last().copied() {
+            let targets = edges.get(&node).copied().unwrap_or_default();
+            match targets.get(i) {
+                Some(&t) => {
+                    stack.last_mut().expect("non-empty").1 += 1;
+                    let next = (node.0, t);
+                    match state.get(&next) {
+                        Some(1) => {
+                            let from = stack.iter().position(|(n, _)| *n == next).expect("on the path");
+                            let mut path: Vec<SocketAddr> = stack[from..].iter().map(|(n, _)| n.1).collect();
+                            path.push(t);
+                            return Some(path);
+                        }
+                        Some(_) => {}
+                        None => {
+                            state.insert(next, 1);
+                            stack.push((next, 0));
+                        }
+                    }
+                }
+                None => {
+                    state.insert(node, 2);
+                    stack.pop();
+                }
             }
         }
     }
@@ -970,6 +1025,38 @@ mod tests {
         nat.add_forward(&req("198.18.3.3:80/udp", &["198.18.1.1:80"])).unwrap();
         let e = nat.add_forward(&req("198.18.1.1:80", &["198.18.9.9:80"])).unwrap_err();
         assert!(matches!(e, NatError::Conflict { id: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn find_loop_sees_cycles_in_a_whole_set_only_within_a_protocol() {
+        let specs: Vec<ForwardSpec> = [
+            ("198.18.1.1:80", &["198.18.2.2:80", "198.18.9.9:80"][..]),
+            ("198.18.2.2:80", &["198.18.3.3:80"]),
+            ("198.18.3.3:80/udp", &["198.18.1.1:80"]),
+        ]
+        .iter()
+        .map(|(m, t)| req(m, t).validate().unwrap())
+        .collect();
+        assert_eq!(find_loop(specs.iter()), None, "the way back is UDP: another protocol");
+        let mut looped = specs.clone();
+        looped.push(req("198.18.3.3:80", &["198.18.1.1:80"]).validate().unwrap());
+        let p: Vec<String> = find_loop(looped.iter())
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(p.first(), p.last(), "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
+        // A long chain with many targets is one linear pass.
+        let chain: Vec<ForwardSpec> = (0..1024u32)
+            .map(|i| {
+                let mut to = vec![format!("10.{}.{}.1:80", (i + 1) >> 8, (i + 1) & 255)];
+                to.extend((0..15).map(|k| format!("10.200.{}.{}:80", i >> 4, (i & 15) * 16 + k)));
+                let to: Vec<&str> = to.iter().map(String::as_str).collect();
+                req(&format!("10.{}.{}.1:80", i >> 8, i & 255), &to).validate().unwrap()
+            })
+            .collect();
+        assert_eq!(find_loop(chain.iter()), None);
     }
 
     #[test]

@@ -215,16 +215,10 @@ fn validate(p: &Policy, max_rules: u32) -> Result<Validated, PolicyError> {
         }
         redirects.push((spec, r.clone()));
     }
-    for (i, (spec, _)) in forwards.iter().enumerate() {
-        let others = forwards
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, (s, _))| s);
-        if let Some(p) = crate::nat::loop_path(others, spec) {
-            let p: Vec<String> = p.iter().map(|a| a.to_string()).collect();
-            return Err(bad("forward", i, &format!("forward loop: {}", p.join(" -> "))));
-        }
+    if let Some(p) = crate::nat::find_loop(forwards.iter().map(|(s, _)| s)) {
+        let i = forwards.iter().position(|(s, _)| s.service == p[0]).unwrap_or(0);
+        let p: Vec<String> = p.iter().map(|a| a.to_string()).collect();
+        return Err(bad("forward", i, &format!("forward loop: {}", p.join(" -> "))));
     }
     let mut disabled = BTreeSet::new();
     for (i, id) in p.probes.disabled.iter().enumerate() {
