@@ -77,6 +77,10 @@ fn paths_are_validated_before_anything_is_created_chmodded_or_removed() {
         assert!(!state.exists(), "{a:?} created the state dir");
     }
     assert!(!std::path::Path::new("/tmp/p").exists());
+    assert!(
+        !std::path::Path::new(pins).exists(),
+        "no pin dir was created for a refused start"
+    );
 
     // An existing group/world-writable state dir is refused, not chmodded.
     std::fs::create_dir(&state).unwrap();
