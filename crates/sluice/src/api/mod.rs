@@ -1,7 +1,8 @@
 //! The REST API: `fn app(state) -> Router`, served by the daemon on its unix
 //! socket and driven directly (no socket) by the tests. Every failure is a
 //! status code plus `{"error": "..."}`; bad input never changes anything.
-//! Request bodies are capped at [`MAX_BODY`].
+//! Request bodies are capped at [`MAX_BODY`] ([`MAX_POLICY_BODY`] for a
+//! policy) and parsed strictly by [`Json`].
 
 pub mod guard;
 pub mod metrics;
@@ -14,10 +15,7 @@ use std::{
 };
 
 use axum::{
-    extract::{
-        rejection::JsonRejection, rejection::PathRejection, rejection::QueryRejection, DefaultBodyLimit,
-        FromRequestParts, State,
-    },
+    extract::{rejection::PathRejection, rejection::QueryRejection, DefaultBodyLimit, FromRequestParts, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{delete, get},
@@ -202,18 +200,6 @@ impl From<NatError> for ApiError {
             tracing::error!(error = %e, "request failed");
         }
         ApiError(code, e.to_string())
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let code = r.status();
-        let msg = if code == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("request body is larger than {MAX_BODY} bytes; split it into smaller batches")
-        } else {
-            r.body_text()
-        };
-        ApiError(code, msg)
     }
 }
 
