@@ -1,7 +1,8 @@
 //! The reference packet model: builds Ethernet frames (optional 802.1Q/QinQ
-//! tags, IPv4 with options and fragment offsets, IPv6 with extension headers,
-//! TCP/UDP/ICMP) byte by byte, with correct lengths and checksums, so that
-//! the BPF programs can be tested on frames whose every byte is known.
+//! tags, IPv4 with options and fragment offsets, IPv6 with extension headers
+//! and fragment offsets, TCP/UDP/ICMP) byte by byte, with correct lengths and
+//! checksums, so that the BPF programs can be tested on frames whose every
+//! byte is known.
 
 use std::net::IpAddr;
 
@@ -47,7 +48,11 @@ pub struct Packet {
     pub vlans: Vec<u16>,
     /// IPv4 options (padded to a multiple of 4 bytes by the builder).
     pub ipv4_options: Vec<u8>,
-    /// IPv4 fragment offset in 8-byte units (non-zero: no L4 header is written).
+    /// Fragment offset in 8-byte units: the IPv4 header's field, or on IPv6
+    /// the offset of the FRAGMENT extension header (which must then be in
+    /// `ipv6_ext`). Non-zero makes a non-first fragment: no L4 header is
+    /// written, only the payload (and on IPv6 nothing after the fragment
+    /// header, since the headers behind it belong to the first fragment).
     pub frag_offset: u16,
     /// IPv6 extension headers to insert, by protocol number
     /// (HOPOPTS, ROUTING, DSTOPTS: 8 bytes each; FRAGMENT: 8 bytes).
@@ -226,18 +231,36 @@ impl Packet {
 
     fn ipv6(&self, f: &mut Vec<u8>, src: [u8; 16], dst: [u8; 16]) {
         let proto = self.l4_proto();
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&src);
-        pseudo.extend_from_slice(&dst);
-        pseudo.extend_from_slice(&(self.l4_len() as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, proto]);
-        let l4 = self.l4_bytes(&pseudo);
+        // A non-first fragment ends right after its fragment header.
+        let written = if self.frag_offset != 0 {
+            let at = self.ipv6_ext.iter().position(|&k| k == IPPROTO_FRAGMENT);
+            1 + at.expect("a non-zero IPv6 fragment offset needs a FRAGMENT header in ipv6_ext")
+        } else {
+            self.ipv6_ext.len()
+        };
+        let l4 = if self.frag_offset != 0 {
+            self.payload.clone()
+        } else {
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&src);
+            pseudo.extend_from_slice(&dst);
+            pseudo.extend_from_slice(&(self.l4_len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, proto]);
+            self.l4_bytes(&pseudo)
+        };
 
         let mut ext = Vec::new();
-        for (i, &kind) in self.ipv6_ext.iter().enumerate() {
+        for (i, &kind) in self.ipv6_ext.iter().enumerate().take(written) {
             let next = self.ipv6_ext.get(i + 1).copied().unwrap_or(proto);
             match kind {
-                IPPROTO_FRAGMENT => ext.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 1]),
+                IPPROTO_FRAGMENT => {
+                    // Offset in the upper 13 bits, M (more fragments) clear: the
+                    // last fragment, like the IPv4 builder; identification 1.
+                    let off = (self.frag_offset & 0x1fff) << 3;
+                    ext.extend_from_slice(&[next, 0]);
+                    ext.extend_from_slice(&off.to_be_bytes());
+                    ext.extend_from_slice(&1u32.to_be_bytes());
+                }
                 // 8-byte options header: next, hdrlen 0, PadN of 4 bytes.
                 _ => ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]),
             }
@@ -326,6 +349,38 @@ mod tests {
         assert_eq!(f[54], IPPROTO_DSTOPTS);
         assert_eq!(f[62], IPPROTO_TCP);
         assert_eq!(f.len(), 14 + 40 + 16 + 20);
+    }
+
+    #[test]
+    fn ipv6_non_first_fragment_ends_after_the_fragment_header() {
+        let payload = [0xaa; 16];
+        let f = Packet::udp(v4("::1"), v4("::2"), 1, 2)
+            .with_ipv6_ext(&[IPPROTO_HOPOPTS, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS])
+            .with_frag_offset(185)
+            .with_payload(&payload)
+            .build();
+        // Hop-by-hop and fragment headers, then the payload: the destination
+        // options and the UDP header travel in the first fragment.
+        assert_eq!(f.len(), 14 + 40 + 8 + 8 + 16);
+        assert_eq!(u16::from_be_bytes([f[18], f[19]]), 8 + 8 + 16); // payload length
+        assert_eq!(f[14 + 6], IPPROTO_HOPOPTS);
+        assert_eq!(f[54], IPPROTO_FRAGMENT);
+        let fh = 62;
+        assert_eq!(f[fh], IPPROTO_DSTOPTS);
+        assert_eq!(u16::from_be_bytes([f[fh + 2], f[fh + 3]]), 185 << 3);
+        assert_eq!(&f[fh + 8..], &payload);
+        // Offset 0 keeps the whole chain and the L4 header (an atomic fragment).
+        let first = Packet::udp(v4("::1"), v4("::2"), 1, 2)
+            .with_ipv6_ext(&[IPPROTO_FRAGMENT])
+            .build();
+        assert_eq!(first.len(), 14 + 40 + 8 + 8);
+        assert_eq!(&first[54..62], &[IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "FRAGMENT header")]
+    fn ipv6_fragment_offset_without_a_fragment_header_is_refused() {
+        Packet::udp(v4("::1"), v4("::2"), 1, 2).with_frag_offset(1).build();
     }
 
     #[test]

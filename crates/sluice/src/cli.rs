@@ -120,9 +120,10 @@ enum Cmd {
         #[command(subcommand)]
         op: ProbeOp,
     },
-    /// Every TCP connection on the host (all namespaces), with its process.
+    /// Every TCP connection on the host (all namespaces), with its process:
+    /// the open ones, then the recently closed ones.
     Conns {
-        /// Keep printing new connection events.
+        /// Print each state change as it happens instead.
         #[arg(long, short)]
         follow: bool,
         #[command(flatten)]
@@ -407,7 +408,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             follow,
             c,
         } => l7(proto, since, limit, follow, &c).await,
-        Cmd::Conns { follow, c } => events(vec!["conn".into()], follow, &c).await,
+        Cmd::Conns { follow: true, c } => events(vec!["conn".into()], true, &c).await,
+        Cmd::Conns { follow: false, c } => conns(&c).await,
         Cmd::Events { follow, kind, c } => events(kind, follow, &c).await,
         Cmd::Down { state_dir, pin_dir } => daemon::down(&state_dir, &pin_dir),
         Cmd::Lab { op } => lab(op),
@@ -1045,6 +1047,48 @@ fn event_line(e: &Event) -> String {
                 .unwrap_or_default()
         ),
     }
+}
+
+/// `sluice conns`: the connection table.
+async fn conns(c: &ClientOpts) -> Result<()> {
+    let v: Vec<sluice::conns::Conn> = Client::new(&c.socket).get("/v1/conns").await?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<27}  {:<15} {:>7}  {:<3}  {:<40}  {:<40}  {:<11}  DURATION",
+        "STARTED", "COMM", "PID", "DIR", "SOURCE", "DESTINATION", "STATE"
+    );
+    let mut unseen = 0;
+    for x in &v {
+        let mut time = x.time.clone();
+        if !x.observed_start {
+            unseen += 1;
+            time.push('*');
+        }
+        let duration = match (x.open, x.duration_ms) {
+            (true, _) => "open".to_string(),
+            (false, Some(d)) if d >= 1000.0 => format!("{:.1} s", d / 1000.0),
+            (false, Some(d)) => format!("{d:.1} ms"),
+            (false, None) => "?".to_string(),
+        };
+        println!(
+            "{:<27}  {:<15} {:>7}  {:<3}  {:<40}  {:<40}  {:<11}  {}",
+            time,
+            x.comm,
+            x.pid,
+            x.direction,
+            std::net::SocketAddr::new(x.src, x.sport).to_string(),
+            std::net::SocketAddr::new(x.dst, x.dport).to_string(),
+            x.state,
+            duration
+        );
+    }
+    if unseen > 0 {
+        println!("* older than the connection tracer: first seen then, owner from /proc, no duration");
+    }
+    Ok(())
 }
 
 async fn events(kinds: Vec<String>, follow: bool, c: &ClientOpts) -> Result<()> {

@@ -279,6 +279,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         pin_dir: cfg.pin_dir.display().to_string(),
         state_dir: cfg.state_dir.display().to_string(),
     });
+    state.sync_conn_table();
     let nat_gc = tokio::spawn(nat_housekeeping(state.clone()));
     let mut decoder = Decoder::new(state.clone());
     decoder.audit = Some(sluice::audit::Audit::new(state.audit.clone()));

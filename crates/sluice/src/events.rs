@@ -1,7 +1,8 @@
 //! The event pipeline: reads the kernel's ring buffer, decodes and enriches
 //! each record (interface names, the rule behind a drop, wall-clock time),
 //! and fans events out to subscribers: the SSE stream, the JSONL file and the
-//! in-memory history behind `sluice conns` and `sluice events`.
+//! in-memory history behind `sluice events`, and the connection table
+//! behind `sluice conns`.
 //!
 //! Nothing on this path blocks the kernel. The kernel counts what it could
 //! not put in the ring (`sl_ev_lost`); the fan-out is a bounded broadcast
@@ -359,6 +360,8 @@ pub struct Counters {
 /// The fan-out point.
 pub struct Hub {
     tx: broadcast::Sender<Arc<Event>>,
+    /// Open and recently closed connections, kept from the conn events.
+    pub conns: Mutex<crate::conns::ConnTable>,
     history: Mutex<VecDeque<Arc<Event>>>,
     history_cap: usize,
     pub counters: Counters,
@@ -369,14 +372,20 @@ impl Hub {
         let (tx, _) = broadcast::channel(CHANNEL);
         Arc::new(Hub {
             tx,
+            conns: Mutex::default(),
             history: Mutex::new(VecDeque::new()),
             history_cap,
             counters: Counters::default(),
         })
     }
 
-    pub fn publish(&self, e: Event) {
+    pub fn publish(&self, mut e: Event) {
         let k = e.kind();
+        // The table completes what the kernel could not know (the owner of
+        // a connection older than the tracer) before anyone sees the event.
+        if let Event::Conn(c) = &mut e {
+            self.conns.lock().unwrap().observe(c);
+        }
         self.counters.received[k as usize].fetch_add(1, Ordering::Relaxed);
         if let Event::Conn(c) = &e {
             match c.state.as_str() {

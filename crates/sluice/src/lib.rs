@@ -5,6 +5,7 @@
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod conns;
 pub mod dataplane;
 pub mod events;
 pub mod firewall;

@@ -365,3 +365,290 @@ fn listeners_older_than_the_daemon_are_still_attributed() {
     assert_eq!(inb["comm"], "sl-old-srv", "{inb}");
     assert_eq!(inb["pid"].as_u64(), Some(std::process::id() as u64));
 }
+
+/// A separate process named `name` (its comm), started inside `host`'s
+/// namespace, running a small Python program. Its stdout is piped.
+fn py(host: &sluice::lab::LabHost, name: &str, program: &str) -> std::process::Child {
+    let prelude = format!("import ctypes, socket, sys, time\nctypes.CDLL(None).prctl(15, b{name:?}, 0, 0, 0)\n");
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={}", host.netns_path()))
+        .args(["--", "/usr/bin/python3", "-u", "-c", &format!("{prelude}{program}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads one line from a child's stdout.
+fn line(c: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut s = String::new();
+    std::io::BufReader::new(c.stdout.as_mut().unwrap())
+        .read_line(&mut s)
+        .unwrap();
+    s.trim().to_string()
+}
+
+/// A listener in another process: prints its port, then accepts and reads
+/// each connection to EOF, one after another.
+fn py_server(host: &sluice::lab::LabHost, name: &str, addr: IpAddr) -> (std::process::Child, u16) {
+    let family = if addr.is_ipv4() { "AF_INET" } else { "AF_INET6" };
+    let mut c = py(
+        host,
+        name,
+        &format!(
+            "l = socket.socket(socket.{family}); l.bind(({addr:?}, 0)); l.listen(16)\n\
+             print(l.getsockname()[1])\n\
+             while True:\n    s, _ = l.accept()\n    while s.recv(4096): pass\n    s.close()\n",
+            addr = addr.to_string()
+        ),
+    );
+    let port = line(&mut c).parse().unwrap();
+    (c, port)
+}
+
+/// A client in another process: connects, prints its local port, holds the
+/// connection until its stdin closes, then closes it and exits.
+fn py_client(host: &sluice::lab::LabHost, name: &str, to: SocketAddr) -> (std::process::Child, u16) {
+    let mut c = py(
+        host,
+        name,
+        &format!(
+            "s = socket.create_connection(({:?}, {}), timeout=5)\nprint(s.getsockname()[1])\nsys.stdin.read()\ns.close()\n",
+            to.ip().to_string(),
+            to.port()
+        ),
+    );
+    let port = line(&mut c).parse().unwrap();
+    (c, port)
+}
+
+/// Closes a py_client's connection and waits for it.
+fn finish(mut c: std::process::Child) {
+    drop(c.stdin.take());
+    assert!(c.wait().unwrap().success());
+}
+
+fn netns_inode(host: &sluice::lab::LabHost) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(host.netns_path()).unwrap())
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn separate_processes_are_attributed_on_both_ends_with_every_field() {
+    require_root();
+    let lab = LabGuard::new("sv5", 35);
+    let d = Daemon::start("v5", &["sv5-*"]);
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    let (ns_a, ns_b) = (netns_inode(a), netns_inode(b));
+    for (fam, a_ip, b_ip) in [
+        ("4", IpAddr::V4(a.ns_v4), IpAddr::V4(b.ns_v4)),
+        ("6", IpAddr::V6(a.ns_v6), IpAddr::V6(b.ns_v6)),
+    ] {
+        let (mut srv, port) = py_server(b, &format!("sl-srv{fam}"), b_ip);
+        let (cli, cport) = py_client(a, &format!("sl-cli{fam}"), SocketAddr::new(b_ip, port));
+        let (srv_pid, cli_pid) = (srv.id() as u64, cli.id() as u64);
+        assert_ne!(srv_pid, cli_pid);
+        std::thread::sleep(Duration::from_millis(150));
+        finish(cli);
+        // Every field of both ends, from the event log.
+        let ends = wait_for("both closes", || {
+            let evs = events(&d, "conn");
+            let mine = |e: &&Value| e["sport"] == cport || e["dport"] == cport;
+            let closes = evs.iter().filter(mine).filter(|e| e["state"] == "CLOSE").count();
+            (closes == 2).then(|| evs.into_iter().filter(|e| mine(&e)).collect::<Vec<_>>())
+        });
+        let find_end = |dir: &str, state: &str| {
+            ends.iter()
+                .find(|e| e["direction"] == dir && e["state"] == state)
+                .unwrap_or_else(|| panic!("IPv{fam}: no {dir} {state} in {ends:#?}"))
+                .clone()
+        };
+        let out = find_end("out", "ESTABLISHED");
+        assert_eq!(out["comm"], format!("sl-cli{fam}"), "{out}");
+        assert_eq!(out["pid"].as_u64(), Some(cli_pid), "{out}");
+        assert_eq!(
+            (&out["src"], &out["sport"], &out["dst"], &out["dport"]),
+            (
+                &Value::from(a_ip.to_string()),
+                &Value::from(cport),
+                &Value::from(b_ip.to_string()),
+                &Value::from(port)
+            ),
+            "{out}"
+        );
+        assert_eq!(out["netns"].as_u64(), Some(ns_a), "{out}");
+        assert_eq!(out["old_state"], "SYN_SENT", "{out}");
+        assert!(out["time"].as_str().unwrap().ends_with('Z'), "{out}");
+        let inb = find_end("in", "ESTABLISHED");
+        assert_eq!(inb["comm"], format!("sl-srv{fam}"), "{inb}");
+        assert_eq!(inb["pid"].as_u64(), Some(srv_pid), "{inb}");
+        assert_eq!(
+            (&inb["src"], &inb["sport"], &inb["dst"], &inb["dport"]),
+            (
+                &Value::from(b_ip.to_string()),
+                &Value::from(port),
+                &Value::from(a_ip.to_string()),
+                &Value::from(cport)
+            ),
+            "{inb}"
+        );
+        assert_eq!(inb["netns"].as_u64(), Some(ns_b), "{inb}");
+        for dir in ["out", "in"] {
+            let close = find_end(dir, "CLOSE");
+            let pid = if dir == "out" { cli_pid } else { srv_pid };
+            assert_eq!(close["pid"].as_u64(), Some(pid), "{close}");
+            assert!(close["duration_ms"].as_f64().unwrap() >= 150.0, "{close}");
+        }
+        // The connection table has both, closed, with their state changes.
+        let table = d.json(&["conns"]);
+        for (dir, pid) in [("out", cli_pid), ("in", srv_pid)] {
+            let c = table
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["direction"] == dir && (c["sport"] == cport || c["dport"] == cport))
+                .unwrap_or_else(|| panic!("IPv{fam}: {dir} end not in {table:#}"));
+            assert_eq!(
+                (c["open"].as_bool(), c["observed_start"].as_bool()),
+                (Some(false), Some(true)),
+                "{c}"
+            );
+            assert_eq!(c["pid"].as_u64(), Some(pid), "{c}");
+            assert!(c["duration_ms"].as_f64().unwrap() >= 150.0, "{c}");
+            let states: Vec<&str> = c["transitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["state"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                states.first(),
+                Some(&if dir == "out" { "SYN_SENT" } else { "SYN_RECV" }),
+                "{c}"
+            );
+            assert!(
+                states.contains(&"ESTABLISHED") && states.last() == Some(&"CLOSE"),
+                "{c}"
+            );
+        }
+        let _ = srv.kill();
+        let _ = srv.wait();
+    }
+}
+
+#[test]
+fn connections_older_than_the_daemon_are_listed_with_their_owners() {
+    require_root();
+    let lab = LabGuard::new("sv6", 36);
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    let (mut srv, port) = py_server(b, "sl-old-srv", IpAddr::V4(b.ns_v4));
+    let to = SocketAddr::new(IpAddr::V4(b.ns_v4), port);
+    let (old, old_port) = py_client(a, "sl-old-cli", to);
+    let (srv_pid, old_pid) = (srv.id() as u64, old.id() as u64);
+    // A tiny event history that sampled packets flood: the connection table
+    // does not depend on it.
+    let mut d = Daemon::start_with_config("v6", &["sv6-*"], "event_history = 8\npacket_sample_every = 1\n");
+    for _ in 0..4 {
+        ping(a, &a.host_v4.to_string());
+    }
+    let entry = |table: &Value, dir: &str, p: u16| {
+        table
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["direction"] == dir && (c["sport"] == p || c["dport"] == p))
+            .cloned()
+    };
+    let table = d.json(&["conns"]);
+    let out = entry(&table, "out", old_port).unwrap_or_else(|| panic!("old client not listed: {table:#}"));
+    assert_eq!(
+        (out["comm"].as_str(), out["pid"].as_u64()),
+        (Some("sl-old-cli"), Some(old_pid)),
+        "{out}"
+    );
+    assert_eq!(
+        (out["state"].as_str(), out["open"].as_bool()),
+        (Some("ESTABLISHED"), Some(true)),
+        "{out}"
+    );
+    assert_eq!(out["observed_start"].as_bool(), Some(false), "{out}");
+    assert_eq!(
+        (&out["dst"], &out["dport"]),
+        (&Value::from(b.ns_v4.to_string()), &Value::from(port)),
+        "{out}"
+    );
+    assert_eq!(out["netns"].as_u64(), Some(netns_inode(a)), "{out}");
+    let inb = entry(&table, "in", old_port).unwrap_or_else(|| panic!("accepted end not listed: {table:#}"));
+    assert_eq!(
+        (inb["comm"].as_str(), inb["pid"].as_u64()),
+        (Some("sl-old-srv"), Some(srv_pid)),
+        "{inb}"
+    );
+    assert_eq!(inb["netns"].as_u64(), Some(netns_inode(b)), "{inb}");
+    let text = d.ok(&["conns"]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("sl-old-cli") && l.contains('*') && l.contains("open")),
+        "{text}"
+    );
+    assert!(text.contains("* older than the connection tracer"), "{text}");
+
+    // Its close carries the owner /proc gave it, and no made-up duration.
+    finish(old);
+    let close = wait_for("the old connection's close", || {
+        events(&d, "conn")
+            .into_iter()
+            .find(|e| e["sport"] == old_port && e["state"] == "CLOSE")
+    });
+    assert_eq!(
+        (close["comm"].as_str(), close["pid"].as_u64()),
+        (Some("sl-old-cli"), Some(old_pid)),
+        "{close}"
+    );
+    assert_eq!(close["direction"], "out", "{close}");
+    assert!(close.get("duration_ms").is_none(), "{close}");
+    let gone = entry(&d.json(&["conns"]), "out", old_port).unwrap();
+    assert_eq!(
+        (gone["open"].as_bool(), gone.get("duration_ms")),
+        (Some(false), None),
+        "{gone}"
+    );
+
+    // A connection opened under this daemon, which then dies: the next one
+    // finds it in /proc and still knows its owner.
+    let (mid, mid_port) = py_client(a, "sl-mid-cli", to);
+    let mid_pid = mid.id() as u64;
+    std::thread::sleep(Duration::from_millis(100));
+    d.kill9();
+    d.spawn();
+    let c = entry(&d.json(&["conns"]), "out", mid_port).expect("listed after the restart");
+    assert_eq!(
+        (c["pid"].as_u64(), c["observed_start"].as_bool()),
+        (Some(mid_pid), Some(false)),
+        "{c}"
+    );
+    finish(mid);
+    let close = wait_for("the close after the restart", || {
+        events(&d, "conn")
+            .into_iter()
+            .find(|e| e["sport"] == mid_port && e["state"] == "CLOSE")
+    });
+    assert_eq!(
+        (close["comm"].as_str(), close["pid"].as_u64()),
+        (Some("sl-mid-cli"), Some(mid_pid)),
+        "{close}"
+    );
+    let _ = srv.kill();
+    let _ = srv.wait();
+}

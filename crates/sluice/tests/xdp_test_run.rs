@@ -5,7 +5,10 @@
 
 mod common;
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use aya::programs::{TestRun, TestRunOptions};
 use common::{require_root, PinDir};
@@ -576,4 +579,336 @@ fn ring_overflow_is_counted_exactly_when_the_consumer_is_slow() {
     let limited = ev.lost().unwrap()[sluice_abi::ev::LOST_DROP_LIMIT as usize];
     assert!(drops >= 100, "{drops}");
     assert_eq!(drops + limited, 1000, "delivered + rate-limited == dropped packets");
+}
+
+// ---- IPv6 non-first fragments: addresses only, never ports ----
+
+/// A non-first IPv6 fragment (offset 185 * 8 bytes) of a TCP SYN from `src`
+/// to `dst`:`dport`. Its payload is the very TCP header the first fragment
+/// would carry, so a parser that ignored the offset would read ports 40000
+/// -> `dport` and a SYN out of it and be caught by the port and conns rules.
+fn frag6(src: &str, dst: &str, dport: u16, ext: &[u8]) -> Vec<u8> {
+    let whole = Packet::tcp(ip(src), ip(dst), 40000, dport).build();
+    Packet::tcp(ip(src), ip(dst), 40000, dport)
+        .with_ipv6_ext(ext)
+        .with_frag_offset(185)
+        .with_payload(&whole[whole.len() - 20..])
+        .build()
+}
+
+#[test]
+fn ipv6_non_first_fragments_are_matched_by_address_only() {
+    use packet::{IPPROTO_FRAGMENT as FRAG, IPPROTO_HOPOPTS as HOP};
+    let mut f = Fixture::new(&[
+        (Action::Deny, "2001:2::2", false),
+        (Action::Deny, "2001:2:0:9::9", true),
+    ]);
+    // Deny by source and by destination still drops it, with the fragment
+    // header first or behind another extension header; every one is also
+    // counted as a fragment.
+    let cases = [
+        ("2001:2::2", "2001:2::3", &[FRAG][..], XDP_DROP, stat::DENY),
+        ("2001:2::2", "2001:2::3", &[HOP, FRAG][..], XDP_DROP, stat::DENY),
+        ("2001:2::3", "2001:2:0:9::9", &[FRAG][..], XDP_DROP, stat::DENY),
+        ("2001:2::3", "2001:2:0:9::9", &[HOP, FRAG][..], XDP_DROP, stat::DENY),
+        ("2001:2::3", "2001:2::2", &[FRAG][..], XDP_PASS, stat::PASS), // dst in a src-only rule
+        ("2001:2:0:9::9", "2001:2::3", &[FRAG][..], XDP_PASS, stat::PASS), // src in a dst-only rule
+    ];
+    for (src, dst, ext, want, counter) in cases {
+        let (v, moved) = f.run_counted(&frag6(src, dst, 80, ext));
+        assert_eq!(v, want, "{src} -> {dst} {ext:?}");
+        assert_eq!(moved, vec![counter, stat::FRAGMENT], "{src} -> {dst} {ext:?}");
+    }
+    assert_eq!(f.rule_packets(Action::Deny), vec![2, 2]);
+    // The first fragment (offset 0) has its transport header: not a
+    // `fragment`, and parsed normally.
+    let first = Packet::tcp(ip("2001:2::2"), ip("2001:2::3"), 40000, 80)
+        .with_ipv6_ext(&[FRAG])
+        .build();
+    assert_eq!(f.run_counted(&first), (XDP_DROP, vec![stat::DENY]));
+
+    // Limits: a port rule and a conns rule need the transport header, so
+    // they never match a non-first fragment; an address-only rule does.
+    let mut f = Fixture::new(&[]);
+    let port = f.limit(LimitRequest {
+        dst: Some("2001:2::1".into()),
+        dst_port: Some("80/tcp".into()),
+        ..slow(2)
+    });
+    let conns = f.limit(LimitRequest {
+        pps: None,
+        conns: Some(1),
+        burst: Some(1),
+        dst_port: Some("443".into()),
+        ..Default::default()
+    });
+    let by_addr = f.limit(LimitRequest {
+        src: Some("2001:2:0:5::/64".into()),
+        ..slow(1)
+    });
+    let web = Packet::tcp(ip("2001:2::7"), ip("2001:2::1"), 40000, 80).build();
+    assert_eq!(f.passes(&web, 5), 2);
+    let first = Packet::tcp(ip("2001:2::7"), ip("2001:2::1"), 40000, 80)
+        .with_ipv6_ext(&[FRAG])
+        .build();
+    assert_eq!(f.run(&first), XDP_DROP, "a first fragment is charged like any packet");
+    let syn = Packet::tcp(ip("2001:2::7"), ip("2001:2::1"), 40000, 443).build();
+    assert_eq!(f.passes(&syn, 3), 1);
+    // Both buckets are empty now, yet no fragment is charged or dropped.
+    for (dport, ext) in [
+        (80, &[FRAG][..]),
+        (80, &[HOP, FRAG]),
+        (443, &[FRAG]),
+        (443, &[HOP, FRAG]),
+    ] {
+        let frag = frag6("2001:2::7", "2001:2::1", dport, ext);
+        let (v, moved) = f.run_counted(&frag);
+        assert_eq!(
+            (v, moved),
+            (XDP_PASS, vec![stat::PASS, stat::FRAGMENT]),
+            "{dport} {ext:?}"
+        );
+        assert_eq!(f.passes(&frag, 4), 4, "{dport} {ext:?}");
+    }
+    let st = f.limit_stats(port);
+    assert_eq!((st.passed, st.dropped), (2, 4), "port rule: only the whole packets");
+    let st = f.limit_stats(conns);
+    assert_eq!((st.passed, st.dropped), (1, 2), "conns rule: only the whole SYNs");
+    // An address-only rule applies to fragments: 1 of 3 passes.
+    assert_eq!(f.passes(&frag6("2001:2:0:5::7", "2001:2::1", 80, &[FRAG]), 3), 1);
+    let st = f.limit_stats(by_addr);
+    assert_eq!((st.passed, st.dropped), (1, 2));
+}
+
+// ---- Allow lists: every family and direction ----
+
+#[test]
+fn allow_wins_over_a_covering_deny_for_ipv4_destination_and_ipv6_source() {
+    let mut f = Fixture::new(&[
+        (Action::Deny, "198.18.0.0/15", false),
+        (Action::Allow, "198.18.5.5", true),
+        (Action::Deny, "2001:2::/48", true),
+        (Action::Allow, "2001:2:0:7::/64", false),
+    ]);
+    let cases = [
+        // IPv4 allow-dst inside a deny-src.
+        ("198.18.1.2", "198.18.5.5", XDP_PASS, stat::ALLOW),
+        ("198.18.1.2", "198.18.5.6", XDP_DROP, stat::DENY),
+        ("198.18.5.5", "198.18.1.2", XDP_DROP, stat::DENY), // allowed address as the source
+        // IPv6 allow-src inside a deny-dst.
+        ("2001:2:0:7::1", "2001:2::1", XDP_PASS, stat::ALLOW),
+        ("2001:2:0:8::1", "2001:2::1", XDP_DROP, stat::DENY),
+        ("2001:2::1", "2001:2:0:7::1", XDP_DROP, stat::DENY), // allowed prefix as the destination
+    ];
+    for (src, dst, want, counter) in cases {
+        let (v, moved) = f.run_counted(&tcp(src, dst).build());
+        assert_eq!(v, want, "{src} -> {dst}");
+        assert_eq!(moved, vec![counter], "{src} -> {dst}");
+    }
+    // Each allow rule passed one packet; each deny rule dropped two.
+    assert_eq!(f.rule_packets(Action::Allow), vec![1, 1]);
+    assert_eq!(f.rule_packets(Action::Deny), vec![2, 2]);
+}
+
+// ---- Packet sampling: one in N passing packets per CPU ----
+
+/// Keeps the calling test thread on the CPU it is running on, so that every
+/// BPF_PROG_TEST_RUN it makes runs there too (a run with `repeat` may
+/// otherwise migrate when it yields between repetitions).
+fn stay_on_this_cpu() {
+    // SAFETY: no preconditions; an all-zero cpu_set_t is a valid empty set,
+    // CPU_SET stays in bounds for a CPU the kernel reported, and pid 0 is
+    // the calling thread.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn packet_sampling_takes_one_in_n_passing_packets() {
+    stay_on_this_cpu();
+    let mut f = Fixture::new(&[]);
+    let mut ev = f.dp.take_event_maps().unwrap().unwrap();
+    let mut ring = ev.take_ring().unwrap();
+    let frame = tcp("198.18.1.2", "198.18.2.2").build();
+    // Sets 1-in-`every`, runs 100 passing packets, and returns the packet
+    // events delivered plus those counted lost.
+    let mut sample = |f: &mut Fixture, every: u32| {
+        ev.configure(every, 1000).unwrap();
+        let lost_before = ev.lost().unwrap()[sluice_abi::ev::LOST_PACKET as usize];
+        let opts = TestRunOptions {
+            data_in: Some(&frame),
+            repeat: 100,
+            ..Default::default()
+        };
+        assert_eq!(f.dp.xdp().test_run(opts).unwrap().return_value, XDP_PASS);
+        let mut received = 0u64;
+        while let Some(item) = ring.next() {
+            match sluice::dataplane::decode(&item) {
+                Some(sluice::dataplane::RawEvent::Packet(p)) => {
+                    assert_eq!((p.verdict as u32, p.dport), (stat::PASS, 80));
+                    received += 1;
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+        let lost = ev.lost().unwrap()[sluice_abi::ev::LOST_PACKET as usize] - lost_before;
+        assert_eq!(lost, 0, "the ring has room for 100 events");
+        received + lost
+    };
+    // The per-CPU counter starts at 0 in a freshly loaded object (it is not
+    // pinned) and counts only while sampling is on; packet number n (from
+    // 1) is sampled when n % every == 0. Every run here is on one CPU.
+    assert_eq!(sample(&mut f, 0), 0, "off: the counter does not move");
+    assert_eq!(sample(&mut f, 4), 25, "n = 1..=100: 4, 8, ..., 100");
+    assert_eq!(sample(&mut f, 1), 100, "every packet");
+    // The count depends on the counter's phase when 100 is not a multiple
+    // of N: n = 201..=300 holds the 34 multiples of 3 from 201 to 300.
+    assert_eq!(sample(&mut f, 3), 34, "n = 201..=300");
+}
+
+// ---- Warm-up after idle (Sentinel cold start) ----
+//
+// The rules below allow 1000 pps with a burst of 100 and a 500 ms warm-up.
+// In gcra.h terms: a packet costs c = 1 ms of rate-time, tau = 100 c, and a
+// packet conforms while TAT - now <= tau - c = 99 ms, then pushes TAT by its
+// charge. Over a burst far shorter than 1 ms of rate-time per packet (one
+// BPF_PROG_TEST_RUN with `repeat`, ~0.1-1 us per packet), starting from a
+// full bucket (TAT <= now):
+//   warm (charge c):   k * 1 ms <= 99 ms for k = 0..=99  -> 100 pass;
+//   cold (charge 3 c): k * 3 ms <= 99 ms for k = 0..=33  ->  34 pass,
+// since p = elapsed * 1024 / 500 ms stays 0 for the first 488 us after
+// warm_start (a new per-source bucket, or a bucket coming back from idle:
+// 34 exactly). A shared rule's warm_start is set when the rule is added, a
+// few ms before its first packet: at 10 ms, p = 20 scales c by 3072 / 1064
+// = 2.89 and k <= 34 -> 35 pass (35-36 measured). Each ms the burst lasts
+// adds at most one packet (a third of one cold). The bands below leave
+// room for a burst slowed down by a busy machine.
+
+const WARM_BURST: u64 = 100;
+const WARMUP: Duration = Duration::from_millis(500);
+/// Packets in one "instantaneous" burst.
+const BURST_RUN: u32 = 1000;
+
+fn warm_limit(f: &mut Fixture, per_source: bool) -> i64 {
+    f.limit(LimitRequest {
+        src: Some("198.18.0.0/15".into()),
+        pps: Some(1000),
+        burst: Some(WARM_BURST as i64),
+        per_source,
+        warmup: Some("500ms".into()),
+        ..Default::default()
+    })
+}
+
+fn assert_cold(passed: u64, what: &str) {
+    assert!(
+        (30..=WARM_BURST * 6 / 10).contains(&passed),
+        "{what}: {passed} passed, want about a third of {WARM_BURST} (34)"
+    );
+}
+
+fn assert_warm(passed: u64, what: &str) {
+    assert!(
+        (WARM_BURST * 85 / 100..=WARM_BURST * 13 / 10).contains(&passed),
+        "{what}: {passed} passed, want about the full burst of {WARM_BURST}"
+    );
+}
+
+impl Fixture {
+    /// Runs `BURST_RUN` copies of the frame in one BPF_PROG_TEST_RUN and
+    /// returns how many limit rule `id` passed.
+    fn burst(&mut self, id: i64, frame: &[u8]) -> u64 {
+        let before = self.limit_stats(id);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: BURST_RUN,
+            ..Default::default()
+        };
+        self.dp.xdp().test_run(opts).expect("test_run");
+        let after = self.limit_stats(id);
+        let passed = after.passed - before.passed;
+        assert_eq!(
+            passed + after.dropped - before.dropped,
+            BURST_RUN as u64,
+            "every packet is charged"
+        );
+        passed
+    }
+
+    /// One packet every 10 ms for `d`: a tenth of the rate, never idle for
+    /// anything near the warm-up period.
+    fn trickle(&mut self, frame: &[u8], d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.run(frame);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Long enough after a trickle for the bucket to refill (TAT was at most
+/// one 3 ms charge ahead), far shorter than the warm-up period.
+const REFILL: Duration = Duration::from_millis(150);
+/// Idle for longer than the warm-up period.
+const IDLE: Duration = Duration::from_millis(700);
+
+#[test]
+fn a_shared_limit_warms_up_with_traffic_and_cools_down_when_idle() {
+    let mut f = Fixture::new(&[]);
+    let id = warm_limit(&mut f, false);
+    let a = tcp("198.18.1.2", "198.18.2.2").build();
+    let b = tcp("198.18.1.3", "198.18.2.2").build();
+    // (a) Just created: cold.
+    let cold = f.burst(id, &a);
+    // (b) Steady traffic for 1.5 warm-ups (from another source: the bucket
+    // is the rule's), then a pause that refills the bucket: warm.
+    f.trickle(&b, WARMUP * 3 / 2);
+    std::thread::sleep(REFILL);
+    let warm = f.burst(id, &a);
+    // (c) Idle for longer than the warm-up: cold again.
+    std::thread::sleep(IDLE);
+    let cold_again = f.burst(id, &a);
+    eprintln!("shared: cold {cold}, warm {warm}, cold again {cold_again}");
+    assert_cold(cold, "new rule");
+    assert_warm(warm, "after steady traffic");
+    assert_cold(cold_again, "after idling");
+}
+
+#[test]
+fn per_source_limits_warm_up_and_cool_down_per_source() {
+    let mut f = Fixture::new(&[]);
+    let id = warm_limit(&mut f, true);
+    let a = tcp("198.18.1.2", "198.18.2.2").build();
+    let b = tcp("198.18.1.3", "198.18.2.2").build();
+    // (a) A's bucket is new: cold.
+    let a_cold = f.burst(id, &a);
+    // (b) A trickles for 1.5 warm-ups, pauses to refill: warm. B is seen for
+    // the first time now, long after the rule was created: its own bucket
+    // starts cold.
+    f.trickle(&a, WARMUP * 3 / 2);
+    std::thread::sleep(REFILL);
+    let a_warm = f.burst(id, &a);
+    let b_cold = f.burst(id, &b);
+    // (c) A idles while B trickles: B's traffic keeps only B's bucket warm.
+    f.trickle(&b, IDLE);
+    std::thread::sleep(REFILL);
+    let a_cold_again = f.burst(id, &a);
+    let b_warm = f.burst(id, &b);
+    eprintln!("per-source: A cold {a_cold}, warm {a_warm}, cold again {a_cold_again}; B cold {b_cold}, warm {b_warm}");
+    assert_cold(a_cold, "A, new bucket");
+    assert_warm(a_warm, "A after steady traffic");
+    assert_cold(b_cold, "B, new bucket of an old rule");
+    assert_cold(a_cold_again, "A after idling while B was busy");
+    assert_warm(b_warm, "B after steady traffic");
+    assert_eq!(f.limit_stats(id).sources, 2);
 }

@@ -102,6 +102,24 @@ impl Ctl {
             state_dir: String::new(),
         }
     }
+
+    /// Brings the connection table in line with the tracer after it was
+    /// attached or detached: seeded from the /proc scan its attach made, or
+    /// emptied of open connections nobody follows any more.
+    pub fn sync_conn_table(&self) {
+        let Some(dp) = &self.dp else { return };
+        let (seed, attached) = {
+            let mut dp = dp.lock().unwrap();
+            (dp.take_trace_seed(), dp.trace_program_id().is_some())
+        };
+        let mut table = self.hub.conns.lock().unwrap();
+        if let Some(found) = seed {
+            let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+            table.seed(&found, &now);
+        } else if !attached {
+            table.forget_open();
+        }
+    }
 }
 
 /// Drop events name their rule through the controllers.
@@ -783,6 +801,7 @@ async fn apply_policy(
 ) -> ApiResult<Json<crate::policy::PolicyDiff>> {
     blocking(move || {
         let d = crate::policy::apply(&s, &p, q.dry_run)?;
+        s.sync_conn_table();
         if d.applied {
             tracing::info!(
                 added = d.added.len(),
@@ -845,6 +864,14 @@ async fn set_probe_state(
 /// One probe state change: kernel first, then the store; a store failure
 /// puts the kernel back, so the two never disagree.
 pub(crate) fn set_probe(s: &Ctl, id: &ProbeId, enabled: bool) -> ApiResult<ProbeStateView> {
+    let r = set_probe_inner(s, id, enabled);
+    if id.kind == ProbeKind::Trace {
+        s.sync_conn_table();
+    }
+    r
+}
+
+fn set_probe_inner(s: &Ctl, id: &ProbeId, enabled: bool) -> ApiResult<ProbeStateView> {
     let mut states = s.probes.lock().unwrap();
     let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
     let view = |changed, present| ProbeStateView {
@@ -987,11 +1014,10 @@ async fn events_recent(
     Ok(Json(s.hub.recent(&kinds).iter().map(|e| (**e).clone()).collect()))
 }
 
-/// `GET /v1/conns`: recent connection events, oldest first.
-async fn conns(State(s): State<AppState>) -> ApiResult<Json<Vec<crate::events::Event>>> {
-    Ok(Json(
-        s.hub.recent(&[Kind::Conn]).iter().map(|e| (**e).clone()).collect(),
-    ))
+/// `GET /v1/conns`: open connections, then recently closed ones, oldest
+/// first in each.
+async fn conns(State(s): State<AppState>) -> ApiResult<Json<Vec<crate::conns::Conn>>> {
+    Ok(Json(s.hub.conns.lock().unwrap().list()))
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {

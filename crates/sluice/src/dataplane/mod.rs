@@ -438,6 +438,9 @@ pub struct Dataplane {
     tc: Ebpf,
     /// The connection tracer, once loaded and attached.
     trace: Option<Ebpf>,
+    /// Connections found in /proc when the tracer attached, for the
+    /// connection table ([`Dataplane::take_trace_seed`]).
+    trace_seed: Option<Vec<crate::procfs::ExistingConn>>,
     cap: Capacity,
     pin_dir: PathBuf,
     attached: BTreeMap<u32, Attachment>,
@@ -493,6 +496,7 @@ impl Dataplane {
             ebpf,
             tc,
             trace: None,
+            trace_seed: None,
             cap,
             pin_dir: pin_dir.to_path_buf(),
             attached: BTreeMap::new(),
@@ -541,13 +545,14 @@ impl Dataplane {
             .try_into()?;
         prog.load()?;
         prog.attach(sluice_abi::trace::CATEGORY, sluice_abi::trace::TRACEPOINT)?;
-        // Listeners older than us: their LISTEN transition was never seen.
-        // Seeded after attaching, so none can fall between the two.
+        // Listeners and connections older than us: the tracer never saw
+        // them start. Read after attaching, so none can fall between the two.
         let mut map: aya::maps::HashMap<_, sluice_abi::ListenKey, sluice_abi::Owner> = aya::maps::HashMap::try_from(
             ebpf.map_mut("sl_listeners")
                 .ok_or(DataplaneError::Missing("sl_listeners"))?,
         )?;
-        let found = crate::procfs::listeners();
+        let scan = crate::procfs::scan();
+        let found = scan.listeners;
         for l in &found {
             tracing::debug!(netns = l.netns, family = l.family, port = l.port, pid = l.pid, comm = %l.comm, "existing listener");
             let mut comm = [0u8; 16];
@@ -566,10 +571,17 @@ impl Dataplane {
         }
         tracing::info!(
             listeners = found.len(),
-            "connection log: existing listeners seeded from /proc"
+            connections = scan.conns.len(),
+            "connection log: existing listeners and connections seeded from /proc"
         );
+        self.trace_seed = Some(scan.conns);
         self.trace = Some(ebpf);
         Ok(())
+    }
+
+    /// The connections that existed when the tracer last attached, once.
+    pub fn take_trace_seed(&mut self) -> Option<Vec<crate::procfs::ExistingConn>> {
+        self.trace_seed.take()
     }
 
     /// Kernel id of the connection tracer, if attached.
