@@ -114,7 +114,7 @@ int sluice_conn(struct set_state_args *a)
 	}
 	/* An accepted child is cloned from its listener, so its first change
 	 * is LISTEN -> SYN_RECV; only LISTEN -> CLOSE is the listener going. */
-		if (olds == TCP_LISTEN && news == TCP_CLOSE) {
+	if (olds == TCP_LISTEN && news == TCP_CLOSE) {
 		/* Only the owner's close removes the entry: a listen() that fails
 		 * with EADDRINUSE also goes LISTEN -> CLOSE, in another process. */
 		struct owner *o = bpf_map_lookup_elem(&sl_listeners, &lk);

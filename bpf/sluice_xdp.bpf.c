@@ -6,8 +6,11 @@
  * Pipeline per packet: parse -> allow tries (src, dst) -> deny tries
  * (src, dst) -> rate limits -> PASS. Allow wins over deny and skips the
  * limits. Each matched rule's per-CPU counters are bumped, and every packet
- * lands in exactly one verdict counter of sl_stats. All maps are pinned by name, so enforcement outlives
- * the daemon and a restarted daemon finds the same tables.
+ * lands in exactly one verdict counter of sl_stats. Rules, buckets and
+ * counters are pinned by name, so enforcement outlives the daemon and a
+ * restarted daemon finds the same tables. Only the sampling counter
+ * (sl_ev_sample) and the drop-event rate window (sl_ev_rl) are not: a new
+ * daemon starts them afresh.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -126,8 +129,8 @@ struct {
 	__uint(max_entries, 1);
 } sl_ev_sample SEC(".maps");
 
+/* LRU: counters of interfaces long gone make room for new ones. */
 struct {
-		/* LRU: counters of interfaces long gone make room for new ones. */
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__type(key, struct if_stat_key);
 	__type(value, struct counter);
@@ -203,10 +206,10 @@ static __always_inline int lim_match(struct limit_rule *r, struct pkt *p)
 /* The bucket of a per-source rule, created on first sight. */
 static __always_inline struct limit_bucket *src_bucket(struct limit_rule *r, struct lim_ctx *c, __u32 slot)
 {
-		struct limit_src_key k = { .slot = slot, .family = c->p.family, .gen = r->gen };
+	struct limit_src_key k = { .slot = slot, .family = c->p.family, .gen = r->gen };
 	/* IPv6 sources are bucketed per /64: a host owns a whole /64 and could
 	 * otherwise rotate addresses for fresh buckets. */
-		__builtin_memcpy(k.addr, c->p.saddr, 16);
+	__builtin_memcpy(k.addr, c->p.saddr, 16);
 	if (c->p.family == 6)
 		__builtin_memset(k.addr + 8, 0, 8);
 	struct limit_bucket *b = bpf_map_lookup_elem(&sl_lim_src, &k);
@@ -254,8 +257,11 @@ static long lim_one(__u32 i, void *data)
 	__u64 cost = gcra_cost(units, r->unit_fp, r->shift);
 	__u64 charge = cost;
 	if (r->warmup_ns) {
-				/* Idle for a whole warm-up period: cold again. Wrap-safe: another
-		 * CPU may have stored a last_seen later than our `now`. */
+		/* Idle for a whole warm-up period: cold again. Wrap-safe: another
+		 * CPU may have stored a last_seen later than our `now`. Every
+		 * packet offered counts as traffic, dropped ones too (a rule
+		 * under a flood stays warm). The plain stores may race between
+		 * CPUs; any of the racing values is a valid time. */
 		if (gcra_after(c->now, b->last_seen + r->warmup_ns))
 			b->warm_start = c->now;
 		if (gcra_after(c->now, b->last_seen))
@@ -359,7 +365,7 @@ static __always_inline void verdict(struct xdp_md *ctx, struct pkt *p, __u32 idx
 		kind = EV_DROP;
 		lost = EVL_DROP;
 	} else {
-				if (!cfg->sample_every) /* the default: no per-packet counter work */
+		if (!cfg->sample_every) /* the default: no per-packet counter work */
 			return;
 		__u64 *n = bpf_map_lookup_elem(&sl_ev_sample, &zero);
 		if (!n || ++*n % cfg->sample_every)

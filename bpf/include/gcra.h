@@ -61,8 +61,14 @@ static __always_inline __u64 gcra_warm(__u64 cost, __u64 now, __u64 warm_start, 
 	if (el >= warmup_ns)
 		return cost;
 	__u64 p = el * GCRA_WARM_ONE / warmup_ns;
-	return cost * (GCRA_COLD_FACTOR * GCRA_WARM_ONE) /
-	       (GCRA_WARM_ONE + (GCRA_COLD_FACTOR - 1) * p);
+	__u64 num = GCRA_COLD_FACTOR * GCRA_WARM_ONE;
+	__u64 den = GCRA_WARM_ONE + (GCRA_COLD_FACTOR - 1) * p;
+	/* cost < 2^62 (user space bounds units * unit_fp), but cost * num may
+	 * not fit in 64 bits: then divide first, where the rounding is under
+	 * 2^-40 of the cost. The result, at most 3 * cost, always fits. */
+	if (cost > ~0ULL / num)
+		return cost / den * num;
+	return cost * num / den;
 }
 
 /* One decision: 1 and *ntat set if the packet conforms, else 0. `limit` is

@@ -133,19 +133,22 @@ enum Cmd {
     Events {
         #[arg(long, short)]
         follow: bool,
-        /// Only these kinds: conn, packet, drop, limit (comma-separated or repeated).
-        #[arg(long, value_delimiter = ',')]
+        /// Only these kinds: conn, packet, drop, limit, l7 (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', value_parser = event_kind)]
         kind: Vec<String>,
         #[command(flatten)]
         c: ClientOpts,
     },
     /// Stop the daemon, detach every program and remove every pin. Rules stay
     /// in the state database.
+    /// A socket left behind by a killed daemon is removed too.
     Down {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        #[command(flatten)]
+        c: ClientOpts,
     },
     /// Build or remove the sandbox of network namespaces used by the tour and tests.
     Lab {
@@ -366,9 +369,16 @@ enum ProbeOp {
 #[derive(Subcommand, Debug)]
 enum LabOp {
     /// Create namespaces sluice-a and sluice-b behind veth-sluice-a/-b.
-    Up,
+    Up {
+        /// Print the lab's hosts and addresses as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove them.
-    Down,
+    Down {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -411,7 +421,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Conns { follow: true, c } => events(vec!["conn".into()], true, &c).await,
         Cmd::Conns { follow: false, c } => conns(&c).await,
         Cmd::Events { follow, kind, c } => events(kind, follow, &c).await,
-        Cmd::Down { state_dir, pin_dir } => daemon::down(&state_dir, &pin_dir),
+        Cmd::Down { state_dir, pin_dir, c } => daemon::down(&state_dir, &pin_dir, &c.socket, c.json),
         Cmd::Lab { op } => lab(op),
     }
 }
@@ -485,6 +495,11 @@ async fn status(c: &ClientOpts) -> Result<()> {
         "\nrules: {} deny, {} allow (max {})",
         s.rules.deny, s.rules.allow, s.rules.max_rules
     );
+    let l = &s.limits;
+    println!(
+        "limits: {} rules (max {}); passed {} pkts, dropped {} pkts; per-source buckets {} of {} tracked, {} evictions",
+        l.rules, l.max_rules, l.passed, l.dropped, l.sources, l.source_capacity, l.evictions
+    );
     let fw = &s.forwarding;
     let tc_n = |k: &str| fw.tc.get(k).map_or(0, |c| c.packets);
     println!(
@@ -504,8 +519,8 @@ async fn status(c: &ClientOpts) -> Result<()> {
     );
     let ev = &s.events;
     println!(
-        "events: received {:?}; lost in kernel {:?}; lost by slow subscribers {}",
-        ev.received, ev.lost_kernel, ev.lost_subscribers
+        "events: received {:?}; lost in kernel {:?}; lost by slow subscribers {}; {} TCP connections open",
+        ev.received, ev.lost_kernel, ev.lost_subscribers, ev.connections_open
     );
     println!("\npackets by verdict:");
     for name in sluice_abi::stat::NAMES {
@@ -1049,6 +1064,15 @@ fn event_line(e: &Event) -> String {
     }
 }
 
+/// An event kind argument (an unknown one is a usage error, exit 2).
+fn event_kind(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if !t.is_empty() {
+        t.parse::<sluice::events::Kind>()?;
+    }
+    Ok(t.to_string())
+}
+
 /// `sluice conns`: the connection table.
 async fn conns(c: &ClientOpts) -> Result<()> {
     let v: Vec<sluice::conns::Conn> = Client::new(&c.socket).get("/v1/conns").await?;
@@ -1239,7 +1263,14 @@ async fn l7(proto: Option<String>, since: Option<String>, limit: usize, follow: 
 fn lab(op: LabOp) -> Result<()> {
     let lab = Lab::standard();
     match op {
-        LabOp::Up => {
+        LabOp::Up { json: true } => {
+            lab.up()?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "hosts": lab.hosts }))?
+            );
+        }
+        LabOp::Up { json: false } => {
             lab.up()?;
             println!("lab is up:");
             for h in &lab.hosts {
@@ -1267,9 +1298,14 @@ fn lab(op: LabOp) -> Result<()> {
                 a.ns_v4
             );
         }
-        LabOp::Down => {
+        LabOp::Down { json } => {
             lab.down()?;
-            println!("lab removed (namespaces sluice-a, sluice-b and their veths)");
+            if json {
+                let names: Vec<&str> = lab.hosts.iter().map(|h| h.netns.as_str()).collect();
+                println!("{}", serde_json::json!({ "removed": names }));
+            } else {
+                println!("lab removed (namespaces sluice-a, sluice-b and their veths)");
+            }
         }
     }
     Ok(())

@@ -376,9 +376,11 @@ async fn shutdown_signal() {
 }
 
 /// `sluice down`: stop the daemon if one runs, then detach and unpin.
-pub fn down(state_dir: &Path, pin_dir: &Path) -> Result<()> {
+pub fn down(state_dir: &Path, pin_dir: &Path, socket: &Path, json: bool) -> Result<()> {
     sluice::config::check_pin_dir(pin_dir).map_err(anyhow::Error::msg)?;
     sluice::config::check_path("state_dir", state_dir).map_err(anyhow::Error::msg)?;
+    sluice::config::check_path("socket", socket).map_err(anyhow::Error::msg)?;
+    let mut stopped = None;
     if let Some(pid) = running_pid(state_dir) {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -389,9 +391,32 @@ pub fn down(state_dir: &Path, pin_dir: &Path) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        println!("stopped the sluice daemon (pid {pid})");
+        stopped = Some(pid);
     }
     let removed = dataplane::teardown(pin_dir)?;
+    // A daemon killed with -9 leaves its socket: remove it if it is a socket
+    // nobody answers on (never anything else).
+    let stale_socket = {
+        use std::os::unix::fs::FileTypeExt;
+        let is_socket = fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+        is_socket && std::os::unix::net::UnixStream::connect(socket).is_err() && fs::remove_file(socket).is_ok()
+    };
+    let db = state_dir.join("sluice.db");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "stopped_pid": stopped,
+                "removed": removed,
+                "stale_socket_removed": stale_socket.then(|| socket.display().to_string()),
+                "rules_kept_in": db.display().to_string(),
+            })
+        );
+        return Ok(());
+    }
+    if let Some(pid) = stopped {
+        println!("stopped the sluice daemon (pid {pid})");
+    }
     if removed.is_empty() {
         println!(
             "nothing pinned in {}: the dataplane was already down",
@@ -401,9 +426,9 @@ pub fn down(state_dir: &Path, pin_dir: &Path) -> Result<()> {
     for line in removed {
         println!("{line}");
     }
-    println!(
-        "rules are kept in {}; `sluice run` restores them",
-        state_dir.join("sluice.db").display()
-    );
+    if stale_socket {
+        println!("removed the stale socket {}", socket.display());
+    }
+    println!("rules are kept in {}; `sluice run` restores them", db.display());
     Ok(())
 }

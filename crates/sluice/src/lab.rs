@@ -25,7 +25,7 @@ pub enum LabError {
 }
 
 /// One lab host: a namespace and the veth pair joining it to the host.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct LabHost {
     pub label: char,
     pub netns: String,

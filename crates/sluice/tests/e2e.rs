@@ -269,6 +269,77 @@ fn down_detaches_and_unpins_and_run_reapplies_lost_maps() {
     d.spawn();
     assert!(!ping(a, &a.host_v4.to_string()), "rule re-applied from the store");
     assert!(d.log_text().contains("added=1"), "{}", d.log_text());
+
+    // After kill -9 the socket is left behind; `down --json` removes it
+    // with everything else and says so.
+    d.kill9();
+    assert!(d.socket.exists());
+    let o = Command::new(BIN)
+        .args(["down", "--json", "--state-dir"])
+        .arg(d.state_dir())
+        .arg("--pin-dir")
+        .arg(&d.pins.0)
+        .arg("--socket")
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stopped_pid"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["stale_socket_removed"], d.socket.to_str().unwrap(), "{v}");
+    let removed: Vec<&str> = v["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        removed.iter().filter(|l| l.contains("detached XDP firewall")).count(),
+        2,
+        "{v}"
+    );
+    assert!(!d.socket.exists() && !d.pins.0.exists());
+    assert!(ping(a, &a.host_v4.to_string()), "nothing enforced after down");
+}
+
+#[test]
+fn the_lab_command_is_idempotent_and_says_what_it_made() {
+    require_root();
+    let lab = |args: &[&str]| {
+        let o = Command::new(BIN).arg("lab").args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "lab {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // Removed even if an assertion fails.
+    struct Down;
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(BIN).args(["lab", "down"]).output();
+        }
+    }
+    let _down = Down;
+    let first = lab(&["up"]);
+    assert!(
+        first.contains("namespace sluice-a") && first.contains("veth-sluice-b"),
+        "{first}"
+    );
+    assert!(first.contains("nsenter --net=/run/netns/sluice-a ping"), "{first}");
+    let again: serde_json::Value = serde_json::from_str(&lab(&["up", "--json"])).unwrap();
+    let hosts = again["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{again}");
+    assert_eq!(hosts[0]["netns"], "sluice-a");
+    let a = sluice::lab::Lab::standard().host('a').clone();
+    assert!(ping(&a, &a.host_v4.to_string()), "the lab works after a second `up`");
+    let b_v4 = hosts[1]["ns_v4"].as_str().unwrap();
+    assert!(ping(&a, b_v4), "a reaches b through the host, as `lab up` says");
+    assert!(lab(&["down"]).contains("lab removed"));
+    assert!(!std::path::Path::new("/run/netns/sluice-a").exists());
+    let v: serde_json::Value = serde_json::from_str(&lab(&["down", "--json"])).unwrap();
+    assert_eq!(v["removed"][1], "sluice-b", "a second down is fine too");
 }
 
 #[test]
@@ -287,6 +358,12 @@ fn cli_exit_codes_and_one_line_errors() {
     assert_eq!(o.status.code(), Some(2), "usage error");
     let o = Command::new(BIN).args(["deny", "frobnicate"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "usage error");
+    let o = Command::new(BIN)
+        .args(["events", "--kind", "conn,bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "an unknown event kind is a usage error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown event kind"));
 
     let d = Daemon::start("e5", &["se5-nothing-*"]);
     for (bad, needle) in [
@@ -328,6 +405,17 @@ fn cli_exit_codes_and_one_line_errors() {
     let out = d.ok(&["deny", "import", f.to_str().unwrap()]);
     assert!(out.contains("imported 2 deny rules"), "{out}");
     assert_eq!(d.json(&["deny", "list"]).as_array().unwrap().len(), 3);
+
+    // A full table, in the real kernel map: one line, exit 1, nothing added.
+    let small = Daemon::start_with_config("e5s", &["se5-nothing-*"], "max_rules = 2\n");
+    small.ok(&["deny", "add", "198.18.0.0/16"]);
+    small.ok(&["allow", "add", "198.19.0.0/16"]);
+    let o = small.cli(&["deny", "add", "198.20.0.0/16"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("full") && err.contains("max_rules"), "{err}");
+    assert_eq!(small.json(&["deny", "list"]).as_array().unwrap().len(), 1);
 }
 
 #[test]

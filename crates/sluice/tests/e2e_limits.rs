@@ -148,6 +148,18 @@ fn a_flood_at_10x_is_cut_to_the_limit_and_another_source_is_untouched() {
         field(&la, "dropped"),
         "{st}"
     );
+    // The totals over every rule, in JSON and in the human status.
+    let total = |k: &str| field(&la, k) + field(&lb, k);
+    assert_eq!(field(&st["limits"], "dropped"), total("dropped"), "{st}");
+    assert_eq!(field(&st["limits"], "rules"), 2, "{st}");
+    let text = d.ok(&["status"]);
+    // (Passed may have moved since: neighbour discovery is still traffic.)
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("limits: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.starts_with("limits: 2 rules (max 64); passed "), "{line}");
+    assert!(line.contains(&format!(", dropped {} pkts", total("dropped"))), "{line}");
 }
 
 #[test]

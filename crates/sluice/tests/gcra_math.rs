@@ -129,6 +129,14 @@ fn warm_up_ramps_from_a_third_to_the_full_rate() {
     assert_eq!(unsafe { sl_gcra_warm(1000, 5, 0, 0) }, 1000);
     // A warm start in the future (clock skew) counts as cold, not as a panic.
     assert_eq!(unsafe { sl_gcra_warm(1000, 5, 10, 100) }, 3000);
+    // The largest costs user space allows (just under 2^62: a bytes/s rule
+    // at a tiny rate and a big frame) are scaled, not wrapped around.
+    for cost in [1u64 << 52, (1 << 62) - 1] {
+        let cold = unsafe { sl_gcra_warm(cost, 5, 5, 100) };
+        assert!(cold.abs_diff(3 * cost) <= 3 * 3072, "cold {cost}: {cold}");
+        let half = unsafe { sl_gcra_warm(cost, 55, 5, 100) }; // p = 0.5: 3 / 2
+        assert!((half as f64 / cost as f64 - 1.5).abs() < 1e-3, "half {cost}: {half}");
+    }
 }
 
 #[test]

@@ -545,6 +545,7 @@ fn event_summary(s: &Ctl) -> ApiResult<EventSummary> {
         lost_kernel,
         lost_subscribers: s.hub.counters.lagged.load(Relaxed),
         malformed: s.hub.counters.malformed.load(Relaxed),
+        connections_open: s.hub.conns.lock().unwrap().open_count(),
     })
 }
 

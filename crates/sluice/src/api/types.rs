@@ -253,6 +253,9 @@ pub struct EventSummary {
     pub lost_subscribers: u64,
     /// Ring records that could not be decoded.
     pub malformed: u64,
+    /// TCP connections open now, as the connection table knows them.
+    #[serde(default)]
+    pub connections_open: usize,
 }
 
 /// Every error body: `{"error": "..."}`.
