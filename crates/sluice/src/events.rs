@@ -357,9 +357,55 @@ pub struct Counters {
     pub closed: AtomicU64,
 }
 
+/// Where one subscriber is in the stream: the events it has taken (or was
+/// told it lost) since it subscribed.
+struct SubProgress {
+    start: u64,
+    taken: AtomicU64,
+}
+
+/// A subscriber's loss accounting. Losses are counted as they happen, not
+/// only when the subscriber reads again (a stalled client cannot read, and
+/// may never): whatever is more than the channel's capacity behind is lost.
+/// Dropped with the subscription, it counts what is still uncounted.
+pub struct SubGuard {
+    hub: Arc<Hub>,
+    id: u64,
+    progress: Arc<SubProgress>,
+}
+
+impl SubGuard {
+    /// The subscriber took one event (delivered or filtered out).
+    pub fn took(&self) {
+        self.progress.taken.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The subscriber was told it lost `n` events.
+    pub fn lagged(&self, n: u64) {
+        self.hub.counters.lagged.fetch_add(n, Ordering::Relaxed);
+        self.progress.taken.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SubGuard {
+    fn drop(&mut self) {
+        // Under the lock that orders sends, so no event falls in between.
+        let h = self.hub.history.lock().unwrap();
+        let lost = self.hub.uncounted(&self.progress);
+        self.hub.counters.lagged.fetch_add(lost, Ordering::Relaxed);
+        self.hub.subs.lock().unwrap().remove(&self.id);
+        drop(h);
+    }
+}
+
 /// The fan-out point.
 pub struct Hub {
     tx: broadcast::Sender<Arc<Event>>,
+    /// Events sent into the channel (under the history lock).
+    sent: AtomicU64,
+    /// Live subscribers' progress, by id.
+    subs: Mutex<HashMap<u64, Arc<SubProgress>>>,
+    next_sub: AtomicU64,
     /// Open and recently closed connections, kept from the conn events.
     pub conns: Mutex<crate::conns::ConnTable>,
     history: Mutex<VecDeque<Arc<Event>>>,
@@ -372,6 +418,9 @@ impl Hub {
         let (tx, _) = broadcast::channel(CHANNEL);
         Arc::new(Hub {
             tx,
+            sent: AtomicU64::new(0),
+            subs: Mutex::default(),
+            next_sub: AtomicU64::new(0),
             conns: Mutex::default(),
             history: Mutex::new(VecDeque::new()),
             history_cap,
@@ -395,21 +444,60 @@ impl Hub {
             };
         }
         let e = Arc::new(e);
-        {
-            let mut h = self.history.lock().unwrap();
-            if self.history_cap > 0 {
-                if h.len() == self.history_cap {
-                    h.pop_front();
-                }
-                h.push_back(e.clone());
+        let mut h = self.history.lock().unwrap();
+        if self.history_cap > 0 {
+            if h.len() == self.history_cap {
+                h.pop_front();
             }
+            h.push_back(e.clone());
         }
         // No subscriber is not an error.
-        let _ = self.tx.send(e);
+        if self.tx.send(e).is_ok() {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.tx.subscribe()
+    /// A receiver with its loss accounting; keep the guard as long as the
+    /// receiver, and report what it takes and loses through it.
+    pub fn subscribe(self: &Arc<Self>) -> (broadcast::Receiver<Arc<Event>>, SubGuard) {
+        let _h = self.history.lock().unwrap();
+        let rx = self.tx.subscribe();
+        let progress = Arc::new(SubProgress {
+            start: self.sent.load(Ordering::Relaxed),
+            taken: AtomicU64::new(0),
+        });
+        let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
+        self.subs.lock().unwrap().insert(id, progress.clone());
+        let guard = SubGuard {
+            hub: self.clone(),
+            id,
+            progress,
+        };
+        (rx, guard)
+    }
+
+    /// Events a subscriber is so far behind on that the channel has already
+    /// overwritten them, and that it has not been told about yet.
+    fn uncounted(&self, p: &SubProgress) -> u64 {
+        let behind = self
+            .sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(p.start + p.taken.load(Ordering::Relaxed));
+        behind.saturating_sub(CHANNEL as u64)
+    }
+
+    /// Events lost by subscribers: those they were told about, plus those
+    /// stalled subscribers are missing right now.
+    pub fn lost_by_subscribers(&self) -> u64 {
+        let _h = self.history.lock().unwrap();
+        let told = self.counters.lagged.load(Ordering::Relaxed);
+        told + self
+            .subs
+            .lock()
+            .unwrap()
+            .values()
+            .map(|p| self.uncounted(p))
+            .sum::<u64>()
     }
 
     /// Recent events of the given kinds (all kinds if empty), oldest first.
@@ -569,16 +657,17 @@ impl JsonlSink {
 
 /// Feeds the JSONL sink from the hub; counts what it falls behind on.
 pub async fn run_jsonl(mut sink: JsonlSink, hub: Arc<Hub>) {
-    let mut rx = hub.subscribe();
+    let (mut rx, guard) = hub.subscribe();
     loop {
         match rx.recv().await {
             Ok(e) => {
+                guard.took();
                 if let Err(err) = sink.write(&e) {
                     tracing::error!(error = %err, path = %sink.path.display(), "writing the JSONL event log");
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                hub.counters.lagged.fetch_add(n, Ordering::Relaxed);
+                guard.lagged(n);
                 tracing::warn!(lost = n, "JSONL event log fell behind");
             }
             Err(broadcast::error::RecvError::Closed) => return,
@@ -655,43 +744,75 @@ mod tests {
         assert_eq!(json["kind"], "conn");
     }
 
+    fn packet(i: usize) -> Event {
+        Event::Packet(PacketEvent {
+            time: String::new(),
+            interface: String::new(),
+            ifindex: i as u32,
+            len: 0,
+            src: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: 0,
+            dst: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport: 0,
+            proto: String::new(),
+            verdict: String::new(),
+            rule: None,
+        })
+    }
+
     #[test]
     fn a_slow_subscriber_loses_only_its_own_events() {
         let hub = Hub::new(10);
-        let mut slow = hub.subscribe();
-        let mut fast = hub.subscribe();
+        let (mut slow, slow_guard) = hub.subscribe();
+        let (mut fast, fast_guard) = hub.subscribe();
         let n = CHANNEL + 100;
         let mut got = 0;
         for i in 0..n {
-            hub.publish(Event::Packet(PacketEvent {
-                time: String::new(),
-                interface: String::new(),
-                ifindex: i as u32,
-                len: 0,
-                src: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                sport: 0,
-                dst: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                dport: 0,
-                proto: String::new(),
-                verdict: String::new(),
-                rule: None,
-            }));
+            hub.publish(packet(i));
             while fast.try_recv().is_ok() {
+                fast_guard.took();
                 got += 1;
             }
         }
         assert_eq!(got, n, "the fast subscriber saw everything");
+        // The stalled one's loss is counted before it reads again.
+        assert_eq!(hub.lost_by_subscribers(), 100);
         let mut seen = 0;
         let mut lost = 0;
         loop {
             match slow.try_recv() {
-                Ok(_) => seen += 1,
-                Err(broadcast::error::TryRecvError::Lagged(k)) => lost += k as usize,
+                Ok(_) => {
+                    slow_guard.took();
+                    seen += 1
+                }
+                Err(broadcast::error::TryRecvError::Lagged(k)) => {
+                    slow_guard.lagged(k);
+                    lost += k as usize
+                }
                 Err(_) => break,
             }
         }
         assert_eq!(seen + lost, n, "received + counted lost == published");
+        assert_eq!(hub.lost_by_subscribers(), lost as u64, "told once, counted once");
         assert_eq!(hub.recent(&[]).len(), 10, "history is bounded");
+    }
+
+    #[test]
+    fn a_subscriber_that_leaves_while_stalled_has_its_loss_counted() {
+        let hub = Hub::new(0);
+        let (rx, guard) = hub.subscribe();
+        for i in 0..CHANNEL + 250 {
+            hub.publish(packet(i));
+        }
+        assert_eq!(hub.lost_by_subscribers(), 250);
+        drop((rx, guard));
+        assert_eq!(hub.lost_by_subscribers(), 250, "kept after it left");
+        assert_eq!(hub.counters.lagged.load(Ordering::Relaxed), 250);
+        // Nobody listening: nothing is lost by anyone.
+        for i in 0..CHANNEL + 10 {
+            hub.publish(packet(i));
+        }
+        assert_eq!(hub.lost_by_subscribers(), 250);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Tier 3 for visibility: the connection log attributes connections to the
 //! right process on both ends (IPv4 and IPv6, across namespaces), drop events
 //! name the rule that dropped, a stalled SSE client does not cost another
-//! client any event, and the JSONL sink writes what happened. Needs root.
+//! client any event (and its own loss is counted), the JSONL sink writes what
+//! happened, and /metrics carries every series with the values the traffic
+//! implies. Needs root.
 
 mod common;
 
@@ -69,6 +71,69 @@ fn client(host: &sluice::lab::LabHost, to: SocketAddr, name: &'static str, hold:
 
 fn find(evs: &[Value], f: impl Fn(&Value) -> bool) -> Option<&Value> {
     evs.iter().find(|e| f(e))
+}
+
+/// Every sample of metric `name` in Prometheus/OpenMetrics text, as (labels,
+/// value). Label values are unescaped; HELP/TYPE/EOF lines are skipped.
+fn samples(text: &str, name: &str) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        let value = if let Some(body) = rest.strip_prefix('{') {
+            // key="value",key="value"} value
+            let mut chars = body.chars();
+            loop {
+                let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+                assert_eq!(chars.next(), Some('"'), "label {key} in {line:?}");
+                let mut val = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some('n') => val.push('\n'),
+                            Some(e) => val.push(e),
+                            None => panic!("escape at the end of {line:?}"),
+                        },
+                        '"' => break,
+                        c => val.push(c),
+                    }
+                }
+                labels.insert(key.trim_start_matches(',').to_string(), val);
+                match chars.next() {
+                    Some(',') => continue,
+                    Some('}') => break,
+                    other => panic!("{other:?} after a label in {line:?}"),
+                }
+            }
+            chars.as_str().to_string()
+        } else if rest.starts_with(' ') {
+            rest.to_string()
+        } else {
+            continue; // another metric whose name starts with `name`
+        };
+        let v = value
+            .split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let v: f64 = v.parse().unwrap_or_else(|_| panic!("value {v:?} in {line:?}"));
+        out.push((labels, v));
+    }
+    out
+}
+
+/// The value of the sample of metric `name` with exactly these labels.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: std::collections::BTreeMap<String, String> =
+        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let hits: Vec<f64> = samples(text, name)
+        .into_iter()
+        .filter(|(l, _)| *l == want)
+        .map(|(_, v)| v)
+        .collect();
+    assert!(hits.len() <= 1, "{name}{labels:?} appears {} times", hits.len());
+    hits.first().copied()
 }
 
 #[test]
@@ -247,6 +312,68 @@ fn drop_events_name_the_rule_that_dropped() {
     assert!(drops.iter().all(|e| e["kind"] == "drop"), "the kind filter holds");
 }
 
+/// Tallies an SSE stream read in arbitrary chunks: `event: packet` records
+/// and `event: lost` markers with the counts their data lines carry.
+#[derive(Default)]
+struct SseTally {
+    tail: String,
+    packets: u64,
+    lost_markers: u64,
+    lost: u64,
+    /// The previous complete line was `event: lost`.
+    in_lost: bool,
+}
+
+impl SseTally {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.tail.push_str(&String::from_utf8_lossy(bytes));
+        // Complete lines only; the partial last line waits for more.
+        let cut = self.tail.rfind('\n').map_or(0, |i| i + 1);
+        let done: String = self.tail.drain(..cut).collect();
+        for l in done.lines() {
+            if self.in_lost {
+                if let Some(n) = l.strip_prefix("data: ") {
+                    self.lost += n.trim().parse::<u64>().unwrap_or_else(|_| panic!("lost count {l:?}"));
+                    self.in_lost = false;
+                }
+            }
+            match l {
+                "event: packet" => self.packets += 1,
+                "event: lost" => {
+                    self.lost_markers += 1;
+                    self.in_lost = true;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Events the daemon received, (packet, all kinds), from `status`.
+fn received(d: &Daemon) -> (u64, u64) {
+    let st = d.json(&["status"]);
+    let r = &st["events"]["received"];
+    let all = r.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    (r["packet"].as_u64().unwrap(), all)
+}
+
+/// Opens `GET /v1/events?kind=packet` and waits for the response head, by
+/// which time the handler has subscribed to the hub.
+fn subscribe_packets(d: &Daemon) -> UnixStream {
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    write!(s, "GET /v1/events?kind=packet HTTP/1.1\r\nHost: sluice\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "SSE response head");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
 #[test]
 fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
     require_root();
@@ -254,12 +381,11 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
     let d = Daemon::start_with_config("v3", &["sv3-*"], "packet_sample_every = 1\n");
     let a = lab.host('a');
 
-    // The stalled client: asks for the stream and never reads.
-    let mut stalled = UnixStream::connect(&d.socket).unwrap();
-    write!(stalled, "GET /v1/events?kind=packet HTTP/1.1\r\nHost: sluice\r\n\r\n").unwrap();
+    let (r0, r0_all) = received(&d);
+    // The stalled client: subscribes, then reads nothing until the end.
+    let mut stalled = subscribe_packets(&d);
     // The live client counts packet events as they arrive.
-    let mut live = UnixStream::connect(&d.socket).unwrap();
-    write!(live, "GET /v1/events?kind=packet HTTP/1.1\r\nHost: sluice\r\n\r\n").unwrap();
+    let mut live = subscribe_packets(&d);
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -267,25 +393,18 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
     let counter = std::thread::spawn(move || {
         live.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let mut buf = vec![0u8; 1 << 16];
-        let mut tail = String::new();
-        let mut n = 0usize;
-        let mut lost = 0usize;
+        let mut t = SseTally::default();
         while !stop2.load(Ordering::SeqCst) {
             match live.read(&mut buf) {
                 Ok(0) => break,
                 Ok(k) => {
-                    tail.push_str(&String::from_utf8_lossy(&buf[..k]));
-                    // Count complete lines only; keep the partial last line.
-                    let cut = tail.rfind('\n').map_or(0, |i| i + 1);
-                    let done: String = tail.drain(..cut).collect();
-                    n += done.lines().filter(|l| *l == "event: packet").count();
-                    lost += done.lines().filter(|l| *l == "event: lost").count();
-                    seen2.store(n as u64, Ordering::SeqCst);
+                    t.feed(&buf[..k]);
+                    seen2.store(t.packets, Ordering::SeqCst);
                 }
                 Err(_) => continue,
             }
         }
-        (n, lost)
+        t
     });
     std::thread::sleep(Duration::from_millis(300));
     // XDP's own pass counter says how many packets reached the program; the
@@ -311,37 +430,116 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
     let t0 = Instant::now();
     let mut after = 0;
     while t0.elapsed() < Duration::from_secs(5) {
-        after = d.json(&["status"])["events"]["received"]["packet"].as_u64().unwrap();
+        after = received(&d).0;
         if after - before >= seen_by_xdp {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Let the live client drain what is in flight (bounded wait).
+    // The live client catches up with everything the daemon received since
+    // before either client subscribed: got == received, exactly. Received
+    // is read first, so the client can only be ahead by events that came
+    // later; the wait ends when the two are equal (bounded).
     let t1 = Instant::now();
-    while seen.load(Ordering::SeqCst) < after - before && t1.elapsed() < Duration::from_secs(10) {
+    let (received_since, live_seen) = loop {
+        let r = received(&d).0 - r0;
+        let s = seen.load(Ordering::SeqCst);
+        if s == r || t1.elapsed() > Duration::from_secs(10) {
+            break (r, s);
+        }
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     stop.store(true, Ordering::SeqCst);
-    let (got, lost_markers) = counter.join().unwrap();
+    let live = counter.join().unwrap();
+    let got = live.packets;
     let st = d.json(&["status"]);
+    let lagged_before_reading = st["events"]["lost_subscribers"].as_u64().unwrap();
+
+    // Now the stalled client reads what is left for it: the start of the
+    // stream its socket buffers held, a `lost` marker for what the fan-out
+    // channel overwrote, and the channel's newest events.
+    stalled.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut st_tally = SseTally::default();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match stalled.read(&mut buf) {
+            Ok(0) | Err(_) => break, // idle for 500 ms: drained
+            Ok(k) => st_tally.feed(&buf[..k]),
+        }
+    }
+    let (r_end, r_end_all) = received(&d);
+    let st = d.json(&["status"]);
+    let lost_subscribers = st["events"]["lost_subscribers"].as_u64().unwrap();
+    let metrics = common::raw_get(&d.socket, "/metrics");
     eprintln!(
-        "sent {sent}, XDP saw {seen_by_xdp}, daemon received {}, live client got {got}, stalled client never read; status {}",
+        "sent {sent}, XDP saw {seen_by_xdp}, daemon received {} packet events (flood) / {received_since} (since subscribing); \
+         live client had {live_seen} then, {got} in all (lost markers {}); stalled client got {} and lost {} in {} marker(s); \
+         lost_subscribers {lagged_before_reading} before it read, {lost_subscribers} after; status {}",
         after - before,
+        live.lost_markers,
+        st_tally.packets,
+        st_tally.lost,
+        st_tally.lost_markers,
         st["events"]
     );
     assert_eq!(st["events"]["lost_kernel"]["packet"], 0, "the ring kept up: {st}");
     assert!(seen_by_xdp >= sent * 95 / 100, "the traffic really flowed");
     assert!(after - before >= seen_by_xdp, "every packet XDP saw became an event");
-    assert_eq!(lost_markers, 0, "the live client lost nothing");
-    assert!(
-        got as u64 >= after - before,
-        "live client got {got} of {}",
-        after - before
-    );
     assert!(
         seen_by_xdp > sluice::events::CHANNEL as u64 * 3 / 2,
         "enough events to overrun the stalled client"
+    );
+    // The live client: no lost marker, and exactly what the daemon received.
+    assert_eq!(live.lost_markers, 0, "the live client lost nothing");
+    assert_eq!(
+        live_seen, received_since,
+        "live client had {live_seen} of the {received_since} packet events the daemon had received"
+    );
+    assert!(got >= received_since && got >= after - before);
+    // The stalled client really fell behind: it was told how many it lost,
+    // and what it got plus what it lost covers every packet event since it
+    // subscribed (the count can include other kinds its filter hides).
+    assert!(
+        st_tally.lost_markers >= 1 && st_tally.lost > 0,
+        "the stalled client lost nothing?"
+    );
+    assert!(
+        st_tally.packets < received_since,
+        "stalled client got {} of {received_since}",
+        st_tally.packets
+    );
+    assert!(
+        st_tally.packets + st_tally.lost >= received_since,
+        "stalled: got {} + lost {} < {received_since} received",
+        st_tally.packets,
+        st_tally.lost
+    );
+    assert!(
+        st_tally.packets + st_tally.lost <= r_end_all - r0_all,
+        "stalled: got {} + lost {} > {} events of all kinds received",
+        st_tally.packets,
+        st_tally.lost,
+        r_end_all - r0_all
+    );
+    assert!(r_end >= r0 + received_since);
+    // The loss was visible while the client was stalled, before it read a
+    // byte (only events arriving after that reading can add to it).
+    assert!(
+        lagged_before_reading > 0 && lagged_before_reading <= st_tally.lost,
+        "lost_subscribers was {lagged_before_reading} while stalled; the client was told {}",
+        st_tally.lost
+    );
+    // The daemon counted exactly that loss (the live client lost none, and
+    // there is no JSONL sink), in status and in /metrics.
+    assert_eq!(lost_subscribers, st_tally.lost, "{st}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "sluice_events_lost_total",
+            &[("source", "all"), ("where", "subscriber")]
+        ),
+        Some(st_tally.lost as f64),
+        "{metrics}"
     );
     drop(stalled);
 }
@@ -354,7 +552,11 @@ fn listeners_older_than_the_daemon_are_still_attributed() {
     // The server starts listening before sluice runs.
     let srv = server(b, IpAddr::V4(b.ns_v4), "sl-old-srv");
     let d = Daemon::start("v4", &["sv4-*"]);
-    assert!(d.log_text().contains("existing listeners seeded"), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("existing listeners and connections seeded"),
+        "{}",
+        d.log_text()
+    );
     client(a, srv, "sl-new-cli", Duration::from_millis(50));
     std::thread::sleep(Duration::from_millis(300));
     let evs = events(&d, "conn");
@@ -651,4 +853,252 @@ fn connections_older_than_the_daemon_are_listed_with_their_owners() {
     );
     let _ = srv.kill();
     let _ = srv.wait();
+}
+
+/// From one scrape, as (events received + counted lost, verdicts that
+/// generate them) for drops (drop + limit events, lost to a full ring or to
+/// the rate cap; deny + limit verdicts) and for packets (packet events;
+/// every other verdict), over all interfaces. With 1-in-1 sampling each
+/// pair is equal once the ring reader has caught up.
+fn loss_identities(m: &str) -> ((f64, f64), (f64, f64)) {
+    let one = |name: &str, labels: &[(&str, &str)]| metric(m, name, labels).unwrap_or(0.0);
+    let recv = |k: &str| one("sluice_events_received_total", &[("source", k)]);
+    let lost = |k: &str| one("sluice_events_lost_total", &[("source", k), ("where", "kernel")]);
+    let verdicts = |drop: bool| -> f64 {
+        samples(m, "sluice_packets_total")
+            .iter()
+            .filter(|(l, _)| (l["verdict"] == "deny" || l["verdict"] == "limit") == drop)
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    (
+        (
+            recv("drop") + recv("limit") + lost("drop") + lost("drop_rate_limited"),
+            verdicts(true),
+        ),
+        (recv("packet") + lost("packet"), verdicts(false)),
+    )
+}
+
+/// `/metrics` carries every series issue 4 names, with the values the
+/// traffic implies: packets and bytes by interface and verdict, rule hits,
+/// limit passed/dropped, connections opened and closed, events received and
+/// lost per source, API requests by route and status, process RSS and CPU.
+#[test]
+fn metrics_show_every_series_with_the_values_the_traffic_implies() {
+    require_root();
+    let lab = LabGuard::new("sv7", 37);
+    let d = Daemon::start_with_config("v7", &["sv7-*"], "packet_sample_every = 1\n");
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    let started = Instant::now();
+
+    // A connection from b to a listener on the host, opened and closed.
+    let srv = {
+        let l = TcpListener::bind(SocketAddr::new(IpAddr::V4(b.host_v4), 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+        });
+        addr
+    };
+    client(b, srv, "sl-met-cli", Duration::from_millis(50));
+    wait_for("both ends of the connection to close", || {
+        let evs = events(&d, "conn");
+        let port = srv.port() as u64;
+        let closes = evs
+            .iter()
+            .filter(|e| e["state"] == "CLOSE" && (e["sport"] == port || e["dport"] == port))
+            .count();
+        (closes == 2).then_some(())
+    });
+
+    // A deny rule that drops three pings from a.
+    let deny = d.json(&["deny", "add", &a.ns_v4.to_string()]);
+    let deny_id = deny["id"].as_i64().unwrap().to_string();
+    for _ in 0..3 {
+        assert!(!ping(a, &a.host_v4.to_string()));
+    }
+    // A limit rule that drops most of a 1000 pps burst from b.
+    let limit = d.json(&[
+        "limit",
+        "add",
+        "--src",
+        &b.ns_v4.to_string(),
+        "--pps",
+        "1",
+        "--burst",
+        "5",
+    ]);
+    let limit_id = limit["id"].as_i64().unwrap().to_string();
+    let frame = sluice_proto::packet::Packet::udp(IpAddr::V4(b.ns_v4), IpAddr::V4(b.host_v4), 4000, 9).build();
+    let flood = sluice::gen::Flood {
+        frame: frame.clone(),
+        pps: Some(1000),
+        duration: Duration::from_millis(300),
+        spoof: None,
+    };
+    let sent = sluice::gen::flood(&b.netns_path(), "eth0", flood).unwrap().sent;
+
+    // API requests: two good status calls, two 400s and one 404.
+    for _ in 0..2 {
+        d.json(&["status"]);
+    }
+    for _ in 0..2 {
+        let body = common::raw_get(&d.socket, "/v1/events/recent?kind=bogus");
+        assert!(body.contains("unknown event kind"), "{body}");
+    }
+    common::raw_get(&d.socket, "/v1/no-such-route");
+
+    // Scrape until the ring reader has caught up with the kernel counters:
+    // every verdict that emits an event (sampling is 1-in-1) is an event
+    // received or one counted lost (bounded wait; the last scrape is
+    // checked below either way).
+    let mut scrapes = 0;
+    let t0 = Instant::now();
+    let m = loop {
+        let m = common::raw_get(&d.socket, "/metrics");
+        scrapes += 1;
+        let (drops, packets) = loss_identities(&m);
+        if (drops.0 == drops.1 && packets.0 == packets.1 && scrapes > 1) || t0.elapsed() > Duration::from_secs(5) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let st = d.json(&["status"]);
+    let pid = d.child.as_ref().unwrap().id();
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!("{m}");
+    let get = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        metric(&m, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in /metrics:\n{m}"))
+    };
+
+    // Packets and bytes by interface and verdict.
+    let (ai, bi) = (a.host_if.as_str(), b.host_if.as_str());
+    let pk = |i: &str, v: &str| get("sluice_packets_total", &[("interface", i), ("verdict", v)]);
+    let by = |i: &str, v: &str| get("sluice_bytes_total", &[("interface", i), ("verdict", v)]);
+    let denied = pk(ai, "deny");
+    assert!(denied >= 3.0, "{denied} denied on {ai}");
+    assert_eq!(by(ai, "deny"), denied * 98.0, "ICMP echo frames of 98 bytes");
+    let limited = pk(bi, "limit");
+    assert!(limited >= 1.0, "{limited} limited on {bi}");
+    assert_eq!(by(bi, "limit"), limited * frame.len() as f64);
+    let passed_b = pk(bi, "pass");
+    assert!(passed_b >= 1.0 && by(bi, "pass") >= passed_b * 42.0);
+    for i in [ai, bi] {
+        for v in ["pass", "allow", "deny", "limit", "unparsed", "non_ip"] {
+            let (p, bytes) = (
+                metric(&m, "sluice_packets_total", &[("interface", i), ("verdict", v)]).unwrap_or(0.0),
+                metric(&m, "sluice_bytes_total", &[("interface", i), ("verdict", v)]).unwrap_or(0.0),
+            );
+            assert!(bytes >= p * 14.0, "{i} {v}: {p} packets, {bytes} bytes");
+        }
+    }
+    // The per-interface counters add up to the global verdict counters.
+    for v in ["deny", "limit"] {
+        let total: f64 = samples(&m, "sluice_packets_total")
+            .iter()
+            .filter(|(l, _)| l["verdict"] == v)
+            .map(|(_, x)| *x)
+            .sum();
+        let global = st["verdicts"][v]["packets"].as_u64().unwrap() as f64;
+        assert_eq!(total, global, "{v}: per interface vs status");
+    }
+
+    // Rule hits: the deny rule's counter is exactly what was denied on a.
+    assert_eq!(
+        get("sluice_rule_hits_total", &[("action", "deny"), ("rule", &deny_id)]),
+        denied
+    );
+    // Limit passed and dropped: the burst passed, the rest dropped, and the
+    // drops are the interface's limit verdicts.
+    let lp = get("sluice_limit_passed_total", &[("rule", &limit_id)]);
+    let ld = get("sluice_limit_dropped_total", &[("rule", &limit_id)]);
+    eprintln!("sent {sent}; limit passed {lp} dropped {ld}; denied {denied}; b passed {passed_b}");
+    assert!((1.0..=10.0).contains(&lp), "limit passed {lp}");
+    assert_eq!(ld, limited);
+    assert!(
+        lp + ld <= sent as f64 && lp + ld >= sent as f64 * 0.95,
+        "{lp} + {ld} vs {sent} sent"
+    );
+
+    // Connections opened and closed (the tracer is global: at least ours).
+    let opened = get("sluice_connections_total", &[("event", "opened")]);
+    let closed = get("sluice_connections_total", &[("event", "closed")]);
+    assert!(opened >= 2.0 && closed >= 2.0, "opened {opened}, closed {closed}");
+
+    // Loss accounting end to end: events received + counted lost == the
+    // verdicts that generate them, for drops (deny + limit) and for
+    // sampled packets (every other verdict).
+    let (drops, packets) = loss_identities(&m);
+    eprintln!("(received + lost, verdicts): drops {drops:?}, packets {packets:?}");
+    assert_eq!(
+        drops.0, drops.1,
+        "drop events: received + lost == deny + limit verdicts"
+    );
+    assert_eq!(
+        packets.0, packets.1,
+        "packet events: received + lost == sampled verdicts"
+    );
+    assert_eq!(drops.1, denied + limited);
+
+    // Events received per source, and lost per source (kernel) and by
+    // subscribers: every series present, none above what status says later.
+    let recv = |k: &str| get("sluice_events_received_total", &[("source", k)]);
+    for k in ["conn", "packet", "drop", "limit", "l7"] {
+        let v = recv(k);
+        assert!(v <= st["events"]["received"][k].as_u64().unwrap() as f64, "{k}");
+    }
+    assert!(recv("conn") >= 4.0, "two ends opened and closed");
+    assert!(recv("drop") >= 1.0 && recv("limit") >= 1.0 && recv("packet") >= 1.0);
+    for k in sluice_abi::ev::LOST_NAMES {
+        let v = get("sluice_events_lost_total", &[("source", k), ("where", "kernel")]);
+        assert!(v <= st["events"]["lost_kernel"][k].as_u64().unwrap() as f64, "{k}");
+    }
+    assert_eq!(
+        get(
+            "sluice_events_lost_total",
+            &[("source", "all"), ("where", "subscriber")]
+        ),
+        st["events"]["lost_subscribers"].as_u64().unwrap() as f64
+    );
+
+    // API requests by route and status.
+    let api =
+        |route: &str, status: &str| metric(&m, "sluice_api_requests_total", &[("route", route), ("status", status)]);
+    assert!(api("/v1/status", "200").unwrap_or(0.0) >= 3.0, "start-up check + 2");
+    assert_eq!(api("/v1/events/recent", "400"), Some(2.0));
+    assert_eq!(api("unmatched", "404"), Some(1.0));
+    assert_eq!(api("/v1/deny", "201").or(api("/v1/deny", "200")), Some(1.0));
+    assert_eq!(api("/v1/limits", "201"), Some(1.0));
+    assert!(api("/v1/events/recent", "200").unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        api("/metrics", "200"),
+        Some((scrapes - 1) as f64),
+        "the earlier scrapes"
+    );
+
+    // Process RSS and CPU, against the daemon's own /proc entry.
+    let rss = get("sluice_process_resident_memory_bytes", &[]);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let vm_rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap()
+        * 1024.0;
+    assert!(
+        rss > 4e6 && rss < vm_rss * 2.0 && rss > vm_rss / 2.0,
+        "rss {rss}, VmRSS {vm_rss}"
+    );
+    let cpu = get("sluice_process_cpu_seconds_total", &[]);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_now = (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz;
+    eprintln!("rss {rss} (VmRSS {vm_rss}), cpu {cpu} s (now {cpu_now} s) over {elapsed:.1} s");
+    assert!(cpu > 0.0 && cpu <= cpu_now, "cpu {cpu}, /proc says {cpu_now}");
+    assert!(cpu <= elapsed * 2.0 + 1.0, "2 cores");
 }

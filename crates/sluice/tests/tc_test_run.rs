@@ -409,6 +409,18 @@ fn object_names_match_the_abi_mirror() {
 }
 
 #[test]
+fn trace_object_names_match_the_abi_mirror() {
+    let obj = aya_obj::Object::parse(sluice::dataplane::TRACE_OBJ).expect("parse embedded object");
+    let mut maps: Vec<&str> = obj.maps.keys().map(String::as_str).collect();
+    maps.sort();
+    let mut want = sluice_abi::trace::MAPS.to_vec();
+    want.sort();
+    assert_eq!(maps, want);
+    let progs: Vec<&str> = obj.programs.keys().map(String::as_str).collect();
+    assert_eq!(progs, vec![sluice_abi::trace::PROGRAM]);
+}
+
+#[test]
 fn translation_state_expires_by_tcp_state() {
     let mut f = Fixture::new(&[("198.18.9.9:80", &["198.18.2.2:80"])]);
     let tcp = |sport: u16, flags: u8| {

@@ -581,6 +581,102 @@ fn ring_overflow_is_counted_exactly_when_the_consumer_is_slow() {
     assert_eq!(drops + limited, 1000, "delivered + rate-limited == dropped packets");
 }
 
+#[test]
+fn ring_loss_is_counted_exactly_with_a_slow_reader_running_concurrently() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    require_root();
+    let pins = PinDir::new("slowring");
+    // One page of ring: 51 packet records (an 8-byte record header plus the
+    // 72-byte event each). A reader that only read after the injection
+    // could never receive more than that.
+    const RING_BYTES: u32 = 4096;
+    let ring_holds = RING_BYTES as u64 / (8 + std::mem::size_of::<sluice_abi::EvPacket>() as u64);
+    let cap = Capacity {
+        max_rules: 16,
+        limit_sources: 16,
+        ring_bytes: RING_BYTES,
+        ..Default::default()
+    };
+    let (mut dp, _t, _l) = Dataplane::load(&pins.0, cap).unwrap();
+    let mut ev = dp.take_event_maps().unwrap().unwrap();
+    ev.configure(1, 1000).unwrap(); // every packet is sampled
+    let mut ring = ev.take_ring().unwrap();
+    assert_eq!(ev.lost().unwrap(), [0; sluice_abi::ev::LOST_COUNT as usize]);
+
+    // The reader consumes while the packets run, but slowly: it sleeps 1 ms
+    // after every record, far below the rate the kernel writes at.
+    let injected = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let injected = injected.clone();
+        std::thread::spawn(move || {
+            let (mut received, mut during) = (0u64, 0u64);
+            loop {
+                // Seen before this pass: every record of the injection is
+                // committed, so the pass below drains the ring to the end.
+                let last = injected.load(Ordering::SeqCst);
+                while let Some(item) = ring.next() {
+                    match sluice::dataplane::decode(&item) {
+                        Some(sluice::dataplane::RawEvent::Packet(p)) => {
+                            assert_eq!((p.verdict as u32, p.dport), (stat::PASS, 80))
+                        }
+                        other => panic!("unexpected event {other:?}"),
+                    }
+                    drop(item);
+                    received += 1;
+                    if !last {
+                        during += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if last {
+                    return (received, during);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+
+    // N packets in 40 runs of 250, 3 ms apart: each run overfills the ring
+    // at once, and the reader frees a few slots between runs.
+    let frame = tcp("198.18.1.2", "198.18.2.2").build();
+    let (runs, per_run) = (40u32, 250u32);
+    let n = (runs * per_run) as u64;
+    let t0 = Instant::now();
+    for _ in 0..runs {
+        let opts = TestRunOptions {
+            data_in: Some(&frame),
+            repeat: per_run,
+            ..Default::default()
+        };
+        assert_eq!(dp.xdp().test_run(opts).unwrap().return_value, XDP_PASS);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let injecting = t0.elapsed();
+    injected.store(true, Ordering::SeqCst);
+    let (received, during) = reader.join().unwrap();
+    let lost = ev.lost().unwrap();
+    let packet_lost = lost[sluice_abi::ev::LOST_PACKET as usize];
+    eprintln!(
+        "slow reader: N {n} in {injecting:?}, received {received} ({during} while injecting), lost {packet_lost}, ring holds {ring_holds}"
+    );
+    assert_eq!(received + packet_lost, n, "received + counted lost == generated");
+    assert!(packet_lost > 0, "the slow reader fell behind: lost {packet_lost}");
+    assert!(
+        during > ring_holds,
+        "the reader consumed while packets ran: {during} received during injection, ring holds {ring_holds}"
+    );
+    assert!(received < n, "received {received} of {n}");
+    // Only packet events were generated, so only their counter moved.
+    for (i, v) in lost.iter().enumerate() {
+        if i as u32 != sluice_abi::ev::LOST_PACKET {
+            assert_eq!(*v, 0, "lost[{}]", sluice_abi::ev::LOST_NAMES[i]);
+        }
+    }
+}
+
 // ---- IPv6 non-first fragments: addresses only, never ports ----
 
 /// A non-first IPv6 fragment (offset 185 * 8 bytes) of a TCP SYN from `src`

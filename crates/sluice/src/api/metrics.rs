@@ -252,7 +252,7 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             }
         }
         lost.get_or_create(&l(&[("source", "all"), ("where", "subscriber")]))
-            .inc_by(s.hub.counters.lagged.load(Relaxed));
+            .inc_by(s.hub.lost_by_subscribers());
 
         let reqs = Family::<Labels, Counter>::default();
         reg.register("api_requests", "API requests by route and status", reqs.clone());

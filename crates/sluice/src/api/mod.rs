@@ -543,7 +543,7 @@ fn event_summary(s: &Ctl) -> ApiResult<EventSummary> {
     Ok(EventSummary {
         received: s.hub.received().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         lost_kernel,
-        lost_subscribers: s.hub.counters.lagged.load(Relaxed),
+        lost_subscribers: s.hub.lost_by_subscribers(),
         malformed: s.hub.counters.malformed.load(Relaxed),
         connections_open: s.hub.conns.lock().unwrap().open_count(),
     })
@@ -985,17 +985,23 @@ async fn events_sse(
         StreamExt,
     };
     let kinds = kinds(&q)?;
-    let hub = s.hub.clone();
-    let stream = BroadcastStream::new(s.hub.subscribe()).filter_map(move |r| match r {
+    // The guard lives in the closure, so as long as the stream: it counts
+    // this client's losses while it is stalled and when it goes away.
+    let (rx, guard) = s.hub.subscribe();
+    let stream = BroadcastStream::new(rx).filter_map(move |r| match r {
         Ok(e) if kinds.is_empty() || kinds.contains(&e.kind()) => {
+            guard.took();
             // One serde_json pass into a String: axum's json_data scans and
             // copies every small write, the hottest path of the stream.
             let json = serde_json::to_string(&*e).expect("events serialise");
             Some(Ok(Sse::default().event(e.kind().as_str()).data(json)))
         }
-        Ok(_) => None,
+        Ok(_) => {
+            guard.took();
+            None
+        }
         Err(BroadcastStreamRecvError::Lagged(n)) => {
-            hub.counters.lagged.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            guard.lagged(n);
             Some(Ok(Sse::default().event("lost").data(n.to_string())))
         }
     });
