@@ -73,7 +73,6 @@ pub struct Conn {
 type Tuple = (u32, IpAddr, u16, IpAddr, u16);
 
 /// Open and recently closed connections.
-#[derive(Default)]
 pub struct ConnTable {
     open: HashMap<u64, Conn>,
     /// Found in /proc, not yet reported by the tracer.
@@ -82,6 +81,24 @@ pub struct ConnTable {
     tick: u64,
     /// Open connections forgotten because the table was full.
     pub evicted: u64,
+    /// Events stamped before this kernel time come from an earlier tracer
+    /// (replayed from the pinned ring after a restart, or read after the
+    /// tracer was detached): they still reach the stream, but the table
+    /// only follows the tracer attached now. None: no tracer attached.
+    since: Option<u64>,
+}
+
+impl Default for ConnTable {
+    fn default() -> Self {
+        ConnTable {
+            open: HashMap::new(),
+            seeded: HashMap::new(),
+            closed: VecDeque::new(),
+            tick: 0,
+            evicted: 0,
+            since: Some(0),
+        }
+    }
 }
 
 fn tuple(e: &ConnEvent) -> Tuple {
@@ -92,11 +109,14 @@ impl ConnTable {
     /// Adds the connections of a fresh /proc scan (the tracer was just
     /// attached: it reports every change from now on, and saw none of these
     /// start), except those it has already reported.
-    pub fn seed(&mut self, found: &[ExistingConn], now: &str) {
+    pub fn seed(&mut self, found: &[ExistingConn], now: &str, attached_ns: u64) {
+        self.since = Some(attached_ns);
         self.seeded.clear();
+        // Already reported, or closed between the scan and now.
         let reported: std::collections::HashSet<Tuple> = self
             .open
             .values()
+            .chain(self.closed.iter())
             .map(|c| (c.netns, c.src, c.sport, c.dst, c.dport))
             .collect();
         for c in found {
@@ -144,11 +164,24 @@ impl ConnTable {
         if unseen_start {
             e.duration_ms = None;
         }
-        // The first change of a new socket: a stale entry under the same
-        // address (a CLOSE lost to a full ring) is replaced.
+        if self.since.is_none_or(|t| e.ts_ns < t) {
+            return;
+        }
+        // The tracer reports this connection now: a copy from /proc (the
+        // scan can see a connection the tracer also saw start) goes. Before
+        // its port is chosen (SYN_SENT) a socket has no tuple yet.
+        let seeded = if e.sport != 0 {
+            self.seeded.remove(&tuple(e))
+        } else {
+            None
+        };
+        // The first change of a new socket, or a seen start with another
+        // owner: the address was reused after a CLOSE lost to a full ring,
+        // and the stale entry is replaced.
         let starts =
             (e.old_state == "CLOSE" && e.state == "SYN_SENT") || (e.old_state == "LISTEN" && e.state == "SYN_RECV");
-        if starts {
+        let reused = |c: &Conn| !unseen_start && c.observed_start && (c.pid != e.pid || c.direction != e.direction);
+        if starts || self.open.get(&e.sock).is_some_and(reused) {
             self.open.remove(&e.sock);
         }
         self.tick += 1;
@@ -156,11 +189,7 @@ impl ConnTable {
         let conn = match self.open.get_mut(&e.sock) {
             Some(c) => c,
             None => {
-                let seeded = if unseen_start {
-                    self.seeded.remove(&tuple(e))
-                } else {
-                    None
-                };
+                let seeded = if unseen_start { seeded } else { None };
                 let c = match seeded {
                     Some(mut c) => {
                         c.sock = e.sock;
@@ -221,6 +250,7 @@ impl ConnTable {
     pub fn forget_open(&mut self) {
         self.open.clear();
         self.seeded.clear();
+        self.since = None;
     }
 
     /// Keeps the open set within MAX_OPEN (only reached when CLOSE events
@@ -276,6 +306,7 @@ mod tests {
             netns: 7,
             duration_ms: (new == "CLOSE").then_some(1500.0),
             sock,
+            ts_ns: 100,
         }
     }
 
@@ -318,7 +349,7 @@ mod tests {
             pid: 99,
             comm: "old-client".into(),
         };
-        t.seed(std::slice::from_ref(&existing), "t0");
+        t.seed(std::slice::from_ref(&existing), "t0", 50);
         let l = t.list();
         assert_eq!(
             (l.len(), l[0].state.as_str(), l[0].observed_start, l[0].sock),
@@ -357,6 +388,59 @@ mod tests {
             (l.len(), l[0].pid, l[0].time.as_str(), l[0].transitions.len()),
             (1, 43, "t3", 1)
         );
+        // Its start was lost too, but a later change names another owner.
+        t.observe(&mut ev(1, "ESTABLISHED", "FIN_WAIT1", "in", 44, 80, "t4"));
+        let l = t.list();
+        assert_eq!((l.len(), l[0].pid, l[0].time.as_str()), (1, 44, "t4"));
+    }
+
+    #[test]
+    fn a_connection_both_scanned_and_reported_is_listed_once_and_closes() {
+        let mut t = ConnTable::default();
+        let scanned = |sport, state| ExistingConn {
+            netns: 7,
+            src: "198.18.60.2".parse().unwrap(),
+            sport,
+            dst: "198.18.60.3".parse().unwrap(),
+            dport: 80,
+            state,
+            inbound: false,
+            pid: 42,
+            comm: "client".into(),
+        };
+        // Started between the tracer's attach and the scan: the scan has it
+        // (port 5000), and so will the tracer's events (read after the seed).
+        // Another one closed between the scan and the seed.
+        t.observe(&mut ev(2, "CLOSE", "SYN_SENT", "out", 42, 0, "t0"));
+        t.observe(&mut ev(2, "SYN_SENT", "CLOSE", "out", 42, 6000, "t0"));
+        t.seed(&[scanned(5000, 2), scanned(6000, 1)], "t1", 50);
+        assert_eq!(t.open_count(), 1, "the closed one is not brought back");
+        t.observe(&mut ev(1, "CLOSE", "SYN_SENT", "out", 42, 0, "t2"));
+        assert_eq!(t.open_count(), 2, "no port yet: cannot be matched");
+        t.observe(&mut ev(1, "SYN_SENT", "ESTABLISHED", "out", 42, 5000, "t3"));
+        assert_eq!(t.open_count(), 1, "the scanned copy is superseded");
+        t.observe(&mut ev(1, "ESTABLISHED", "CLOSE", "out", 42, 5000, "t4"));
+        assert_eq!(t.open_count(), 0);
+        let c = t.list().into_iter().find(|c| c.sport == 5000).unwrap();
+        assert!(c.observed_start && c.duration_ms.is_some(), "{c:?}");
+    }
+
+    #[test]
+    fn events_from_an_earlier_tracer_never_reach_the_table() {
+        let mut t = ConnTable::default();
+        t.seed(&[], "t0", 1000);
+        // ts_ns 100: replayed from the pinned ring after a restart.
+        let mut old = ev(1, "SYN_SENT", "ESTABLISHED", "out", 42, 5000, "t");
+        t.observe(&mut old);
+        assert_eq!(t.list().len(), 0);
+        let mut new = ev(2, "CLOSE", "SYN_SENT", "out", 42, 0, "t");
+        new.ts_ns = 2000;
+        t.observe(&mut new);
+        assert_eq!(t.open_count(), 1);
+        t.forget_open();
+        new.ts_ns = 3000;
+        t.observe(&mut new);
+        assert_eq!(t.open_count(), 0, "no tracer attached: nothing to follow");
     }
 
     #[test]

@@ -130,8 +130,15 @@ async fn bind_socket(path: &Path) -> Result<UnixListener> {
     }
     if fs::symlink_metadata(path).is_ok() {
         not_a_socket(path)?;
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            bail!("something is already serving {}", path.display());
+        // Only a socket nobody listens on is stale (ECONNREFUSED); another
+        // kind of socket, or one we may not reach, is left alone.
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(_) => bail!("something is already serving {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => bail!(
+                "{} exists and is not a stale sluice socket ({e}); not replacing it",
+                path.display()
+            ),
         }
         fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
@@ -399,7 +406,12 @@ pub fn down(state_dir: &Path, pin_dir: &Path, socket: &Path, json: bool) -> Resu
     let stale_socket = {
         use std::os::unix::fs::FileTypeExt;
         let is_socket = fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
-        is_socket && std::os::unix::net::UnixStream::connect(socket).is_err() && fs::remove_file(socket).is_ok()
+        // Only a socket nobody listens on (ECONNREFUSED): never another
+        // kind of socket (a datagram one gives EPROTOTYPE), nor a live one.
+        is_socket
+            && std::os::unix::net::UnixStream::connect(socket)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            && fs::remove_file(socket).is_ok()
     };
     let db = state_dir.join("sluice.db");
     if json {

@@ -30,6 +30,9 @@ use crate::dataplane::{decode, RawEvent};
 
 /// Capacity of the fan-out channel; a subscriber further behind loses events.
 pub const CHANNEL: usize = 16384;
+// tokio rounds a broadcast channel's capacity up to a power of two; the loss
+// accounting (`Hub::uncounted`) relies on the capacity being exactly this.
+const _: () = assert!(CHANNEL.is_power_of_two());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,6 +97,9 @@ pub struct ConnEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
     pub sock: u64,
+    /// Kernel time stamp (CLOCK_MONOTONIC ns); not part of the JSON.
+    #[serde(skip)]
+    pub ts_ns: u64,
 }
 
 /// What a rule did to a packet.
@@ -242,6 +248,7 @@ fn conn_event(c: &EvConn, clock: &Clock) -> ConnEvent {
         netns: c.netns,
         duration_ms: (c.newstate == 7).then(|| c.duration_ns as f64 / 1e6),
         sock: c.sock,
+        ts_ns: c.h.ts_ns,
     }
 }
 
@@ -382,6 +389,9 @@ impl SubGuard {
 
     /// The subscriber was told it lost `n` events.
     pub fn lagged(&self, n: u64) {
+        // Both counters move under the lock `lost_by_subscribers` reads
+        // them under, so the total never counts these twice or not at all.
+        let _h = self.hub.history.lock().unwrap();
         self.hub.counters.lagged.fetch_add(n, Ordering::Relaxed);
         self.progress.taken.fetch_add(n, Ordering::Relaxed);
     }
@@ -391,7 +401,7 @@ impl Drop for SubGuard {
     fn drop(&mut self) {
         // Under the lock that orders sends, so no event falls in between.
         let h = self.hub.history.lock().unwrap();
-        let lost = self.hub.uncounted(&self.progress);
+        let lost = self.hub.uncounted(&self.progress, 0);
         self.hub.counters.lagged.fetch_add(lost, Ordering::Relaxed);
         self.hub.subs.lock().unwrap().remove(&self.id);
         drop(h);
@@ -405,6 +415,8 @@ pub struct Hub {
     sent: AtomicU64,
     /// Live subscribers' progress, by id.
     subs: Mutex<HashMap<u64, Arc<SubProgress>>>,
+    /// The largest subscriber-loss total reported so far.
+    lost_reported: AtomicU64,
     next_sub: AtomicU64,
     /// Open and recently closed connections, kept from the conn events.
     pub conns: Mutex<crate::conns::ConnTable>,
@@ -420,6 +432,7 @@ impl Hub {
             tx,
             sent: AtomicU64::new(0),
             subs: Mutex::default(),
+            lost_reported: AtomicU64::new(0),
             next_sub: AtomicU64::new(0),
             conns: Mutex::default(),
             history: Mutex::new(VecDeque::new()),
@@ -477,27 +490,26 @@ impl Hub {
     }
 
     /// Events a subscriber is so far behind on that the channel has already
-    /// overwritten them, and that it has not been told about yet.
-    fn uncounted(&self, p: &SubProgress) -> u64 {
+    /// overwritten them, and that it has not been told about yet. `slack`
+    /// allows for an event a live subscriber has received but not yet
+    /// reported taking.
+    fn uncounted(&self, p: &SubProgress, slack: u64) -> u64 {
         let behind = self
             .sent
             .load(Ordering::Relaxed)
             .saturating_sub(p.start + p.taken.load(Ordering::Relaxed));
-        behind.saturating_sub(CHANNEL as u64)
+        behind.saturating_sub(CHANNEL as u64 + slack)
     }
 
     /// Events lost by subscribers: those they were told about, plus those
-    /// stalled subscribers are missing right now.
+    /// stalled subscribers are missing right now (at most one late each).
+    /// Never decreases, as a Prometheus counter must not.
     pub fn lost_by_subscribers(&self) -> u64 {
         let _h = self.history.lock().unwrap();
         let told = self.counters.lagged.load(Ordering::Relaxed);
-        told + self
-            .subs
-            .lock()
-            .unwrap()
-            .values()
-            .map(|p| self.uncounted(p))
-            .sum::<u64>()
+        let stalled: u64 = self.subs.lock().unwrap().values().map(|p| self.uncounted(p, 1)).sum();
+        let now = told + stalled;
+        self.lost_reported.fetch_max(now, Ordering::Relaxed).max(now)
     }
 
     /// Recent events of the given kinds (all kinds if empty), oldest first.
@@ -775,8 +787,9 @@ mod tests {
             }
         }
         assert_eq!(got, n, "the fast subscriber saw everything");
-        // The stalled one's loss is counted before it reads again.
-        assert_eq!(hub.lost_by_subscribers(), 100);
+        // The stalled one's loss is counted before it reads again (but one
+        // event, which could be in a live subscriber's hands).
+        assert_eq!(hub.lost_by_subscribers(), 99);
         let mut seen = 0;
         let mut lost = 0;
         loop {
@@ -804,7 +817,7 @@ mod tests {
         for i in 0..CHANNEL + 250 {
             hub.publish(packet(i));
         }
-        assert_eq!(hub.lost_by_subscribers(), 250);
+        assert_eq!(hub.lost_by_subscribers(), 249);
         drop((rx, guard));
         assert_eq!(hub.lost_by_subscribers(), 250, "kept after it left");
         assert_eq!(hub.counters.lagged.load(Ordering::Relaxed), 250);

@@ -61,6 +61,8 @@ pub struct ProcSocket {
 const TCP_LISTEN: u8 = 10;
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_CLOSE: u8 = 7;
+const TCP_SYN_RECV: u8 = 3;
+const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// An address as /proc prints it: each 32-bit word of the network-order
 /// address printed as a host-order hex number (little-endian here).
@@ -185,8 +187,12 @@ pub fn scan() -> Scan {
         }
         for (_, s) in socks {
             // TIME_WAIT sockets belong to nobody and the tracer never sees
-            // their end; CLOSE ones are on their way out.
-            if matches!(s.state, TCP_LISTEN | TCP_TIME_WAIT | TCP_CLOSE) {
+            // their end; CLOSE ones are on their way out; SYN_RECV lines
+            // are half-open handshakes (request socks, no socket yet).
+            if matches!(
+                s.state,
+                TCP_LISTEN | TCP_TIME_WAIT | TCP_CLOSE | TCP_SYN_RECV | TCP_NEW_SYN_RECV
+            ) {
                 continue;
             }
             let listener = listening.get(&s.local.1);

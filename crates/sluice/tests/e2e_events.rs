@@ -386,6 +386,9 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
     let mut stalled = subscribe_packets(&d);
     // The live client counts packet events as they arrive.
     let mut live = subscribe_packets(&d);
+    // Events between r0 and r1 (a stray neighbour solicitation) may or may
+    // not have reached the clients; everything after r1 must.
+    let slack = received(&d).0 - r0;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -437,14 +440,15 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The live client catches up with everything the daemon received since
-    // before either client subscribed: got == received, exactly. Received
-    // is read first, so the client can only be ahead by events that came
-    // later; the wait ends when the two are equal (bounded).
+    // before either client subscribed, up to the `slack` events published
+    // while they were subscribing (normally 0). Received is read first, so
+    // the client can only be ahead by events that came later; the wait ends
+    // when the two agree (bounded).
     let t1 = Instant::now();
     let (received_since, live_seen) = loop {
         let r = received(&d).0 - r0;
         let s = seen.load(Ordering::SeqCst);
-        if s == r || t1.elapsed() > Duration::from_secs(10) {
+        if (s + slack >= r && s <= r) || t1.elapsed() > Duration::from_secs(10) {
             break (r, s);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -491,11 +495,11 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
     );
     // The live client: no lost marker, and exactly what the daemon received.
     assert_eq!(live.lost_markers, 0, "the live client lost nothing");
-    assert_eq!(
-        live_seen, received_since,
-        "live client had {live_seen} of the {received_since} packet events the daemon had received"
+    assert!(
+        live_seen + slack >= received_since && live_seen <= received_since,
+        "live client had {live_seen} of the {received_since} packet events the daemon had received ({slack} around subscribing)"
     );
-    assert!(got >= received_since && got >= after - before);
+    assert!(got + slack >= received_since && got >= after - before);
     // The stalled client really fell behind: it was told how many it lost,
     // and what it got plus what it lost covers every packet event since it
     // subscribed (the count can include other kinds its filter hides).
@@ -509,7 +513,7 @@ fn a_stalled_sse_client_does_not_cost_another_client_any_event() {
         st_tally.packets
     );
     assert!(
-        st_tally.packets + st_tally.lost >= received_since,
+        st_tally.packets + st_tally.lost + slack >= received_since,
         "stalled: got {} + lost {} < {received_since} received",
         st_tally.packets,
         st_tally.lost
@@ -838,6 +842,22 @@ fn connections_older_than_the_daemon_are_listed_with_their_owners() {
     assert_eq!(
         (c["pid"].as_u64(), c["observed_start"].as_bool()),
         (Some(mid_pid), Some(false)),
+        "{c}"
+    );
+    assert!(d.json(&["status"])["events"]["connections_open"].as_u64().unwrap() >= 1);
+    // The tracer switched off: nothing follows open connections any more;
+    // switched back on: they are read from /proc again.
+    d.ok(&["probes", "disable", "trace/inet_sock_set_state"]);
+    assert_eq!(
+        entry(&d.json(&["conns"]), "out", mid_port),
+        None,
+        "not followed while off"
+    );
+    d.ok(&["probes", "enable", "trace/inet_sock_set_state"]);
+    let c = entry(&d.json(&["conns"]), "out", mid_port).expect("listed again");
+    assert_eq!(
+        (c["pid"].as_u64(), c["comm"].as_str()),
+        (Some(mid_pid), Some("sl-mid-cli")),
         "{c}"
     );
     finish(mid);

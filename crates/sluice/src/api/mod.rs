@@ -113,11 +113,11 @@ impl Ctl {
             (dp.take_trace_seed(), dp.trace_program_id().is_some())
         };
         let mut table = self.hub.conns.lock().unwrap();
-        if let Some(found) = seed {
-            let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
-            table.seed(&found, &now);
-        } else if !attached {
+        if !attached {
             table.forget_open();
+        } else if let Some((found, since)) = seed {
+            let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+            table.seed(&found, &now, since);
         }
     }
 }
@@ -801,8 +801,11 @@ async fn apply_policy(
     Json(p): Json<crate::policy::Policy>,
 ) -> ApiResult<Json<crate::policy::PolicyDiff>> {
     blocking(move || {
-        let d = crate::policy::apply(&s, &p, q.dry_run)?;
+        // Synced whatever happened: a failed apply may have toggled the
+        // tracer and put it back.
+        let d = crate::policy::apply(&s, &p, q.dry_run);
         s.sync_conn_table();
+        let d = d?;
         if d.applied {
             tracing::info!(
                 added = d.added.len(),
@@ -1024,7 +1027,7 @@ async fn events_recent(
 /// `GET /v1/conns`: open connections, then recently closed ones, oldest
 /// first in each.
 async fn conns(State(s): State<AppState>) -> ApiResult<Json<Vec<crate::conns::Conn>>> {
-    Ok(Json(s.hub.conns.lock().unwrap().list()))
+    blocking(move || Ok(Json(s.hub.conns.lock().unwrap().list()))).await
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {

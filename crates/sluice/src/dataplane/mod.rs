@@ -441,6 +441,9 @@ pub struct Dataplane {
     /// Connections found in /proc when the tracer attached, for the
     /// connection table ([`Dataplane::take_trace_seed`]).
     trace_seed: Option<Vec<crate::procfs::ExistingConn>>,
+    /// Kernel time (CLOCK_MONOTONIC ns) just before the tracer attached:
+    /// conn events older than this come from an earlier tracer.
+    trace_since: u64,
     cap: Capacity,
     pin_dir: PathBuf,
     attached: BTreeMap<u32, Attachment>,
@@ -497,6 +500,7 @@ impl Dataplane {
             tc,
             trace: None,
             trace_seed: None,
+            trace_since: 0,
             cap,
             pin_dir: pin_dir.to_path_buf(),
             attached: BTreeMap::new(),
@@ -535,6 +539,7 @@ impl Dataplane {
     /// while the daemon is down.
     pub fn attach_trace(&mut self) -> Result<(), DataplaneError> {
         ensure_tracefs()?;
+        let since = crate::limits::monotonic_ns();
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&self.pin_dir);
         loader.map_max_entries(sluice_abi::ev::RING, self.cap.ring_bytes);
@@ -575,13 +580,14 @@ impl Dataplane {
             "connection log: existing listeners and connections seeded from /proc"
         );
         self.trace_seed = Some(scan.conns);
+        self.trace_since = since;
         self.trace = Some(ebpf);
         Ok(())
     }
 
     /// The connections that existed when the tracer last attached, once.
-    pub fn take_trace_seed(&mut self) -> Option<Vec<crate::procfs::ExistingConn>> {
-        self.trace_seed.take()
+    pub fn take_trace_seed(&mut self) -> Option<(Vec<crate::procfs::ExistingConn>, u64)> {
+        self.trace_seed.take().map(|s| (s, self.trace_since))
     }
 
     /// Kernel id of the connection tracer, if attached.
@@ -791,6 +797,7 @@ impl Dataplane {
                 } else {
                     if !enabled {
                         self.trace = None;
+                        self.trace_seed = None;
                     }
                     Ok(true)
                 }
