@@ -67,12 +67,16 @@ pub struct Conn {
     /// Table order: a counter bumped on every change.
     #[serde(skip)]
     touched: u64,
+    /// Kernel time of the CLOSE (0 while open).
+    #[serde(skip)]
+    closed_ns: u64,
 }
 
 /// (netns, local address and port, remote address and port).
 type Tuple = (u32, IpAddr, u16, IpAddr, u16);
 
 /// Open and recently closed connections.
+#[derive(Default)]
 pub struct ConnTable {
     open: HashMap<u64, Conn>,
     /// Found in /proc, not yet reported by the tracer.
@@ -84,21 +88,8 @@ pub struct ConnTable {
     /// Events stamped before this kernel time come from an earlier tracer
     /// (replayed from the pinned ring after a restart, or read after the
     /// tracer was detached): they still reach the stream, but the table
-    /// only follows the tracer attached now. None: no tracer attached.
-    since: Option<u64>,
-}
-
-impl Default for ConnTable {
-    fn default() -> Self {
-        ConnTable {
-            open: HashMap::new(),
-            seeded: HashMap::new(),
-            closed: VecDeque::new(),
-            tick: 0,
-            evicted: 0,
-            since: Some(0),
-        }
-    }
+    /// only follows the tracer attached now.
+    since: u64,
 }
 
 fn tuple(e: &ConnEvent) -> Tuple {
@@ -110,13 +101,13 @@ impl ConnTable {
     /// attached: it reports every change from now on, and saw none of these
     /// start), except those it has already reported.
     pub fn seed(&mut self, found: &[ExistingConn], now: &str, attached_ns: u64) {
-        self.since = Some(attached_ns);
+        self.since = attached_ns;
         self.seeded.clear();
         // Already reported, or closed between the scan and now.
         let reported: std::collections::HashSet<Tuple> = self
             .open
             .values()
-            .chain(self.closed.iter())
+            .chain(self.closed.iter().filter(|c| c.closed_ns >= attached_ns))
             .map(|c| (c.netns, c.src, c.sport, c.dst, c.dport))
             .collect();
         for c in found {
@@ -149,6 +140,7 @@ impl ConnTable {
                 duration_ms: None,
                 sock: 0,
                 touched: self.tick,
+                closed_ns: 0,
             };
             self.seeded.insert((c.netns, c.src, c.sport, c.dst, c.dport), conn);
         }
@@ -164,7 +156,7 @@ impl ConnTable {
         if unseen_start {
             e.duration_ms = None;
         }
-        if self.since.is_none_or(|t| e.ts_ns < t) {
+        if e.ts_ns < self.since {
             return;
         }
         // The tracer reports this connection now: a copy from /proc (the
@@ -212,6 +204,7 @@ impl ConnTable {
                         duration_ms: None,
                         sock: e.sock,
                         touched: tick,
+                        closed_ns: 0,
                     },
                 };
                 self.open.entry(e.sock).or_insert(c)
@@ -236,6 +229,7 @@ impl ConnTable {
         if e.state == "CLOSE" {
             let mut c = self.open.remove(&e.sock).expect("just looked up");
             c.open = false;
+            c.closed_ns = e.ts_ns;
             c.duration_ms = e.duration_ms;
             if self.closed.len() == MAX_CLOSED {
                 self.closed.pop_front();
@@ -247,10 +241,12 @@ impl ConnTable {
 
     /// The tracer was detached: open connections can no longer be followed
     /// and are forgotten (closed ones are kept).
-    pub fn forget_open(&mut self) {
+    pub fn forget_open(&mut self, now_ns: u64) {
         self.open.clear();
         self.seeded.clear();
-        self.since = None;
+        // What the detached tracer left in the ring is stale; a tracer
+        // attached later stamps its events after now.
+        self.since = now_ns;
     }
 
     /// Keeps the open set within MAX_OPEN (only reached when CLOSE events
@@ -437,10 +433,14 @@ mod tests {
         new.ts_ns = 2000;
         t.observe(&mut new);
         assert_eq!(t.open_count(), 1);
-        t.forget_open();
-        new.ts_ns = 3000;
+        t.forget_open(3000);
+        new.ts_ns = 2500;
         t.observe(&mut new);
-        assert_eq!(t.open_count(), 0, "no tracer attached: nothing to follow");
+        assert_eq!(t.open_count(), 0, "read after the tracer was detached");
+        // A tracer attached again reports at once, before its seed.
+        new.ts_ns = 3500;
+        t.observe(&mut new);
+        assert_eq!(t.open_count(), 1);
     }
 
     #[test]

@@ -108,13 +108,13 @@ impl Ctl {
     /// emptied of open connections nobody follows any more.
     pub fn sync_conn_table(&self) {
         let Some(dp) = &self.dp else { return };
-        let (seed, attached) = {
-            let mut dp = dp.lock().unwrap();
-            (dp.take_trace_seed(), dp.trace_program_id().is_some())
-        };
+        // The table is changed under the dataplane lock, so a concurrent
+        // enable and disable cannot apply their changes out of order.
+        let mut dp = dp.lock().unwrap();
+        let (seed, attached) = (dp.take_trace_seed(), dp.trace_program_id().is_some());
         let mut table = self.hub.conns.lock().unwrap();
         if !attached {
-            table.forget_open();
+            table.forget_open(crate::limits::monotonic_ns());
         } else if let Some((found, since)) = seed {
             let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
             table.seed(&found, &now, since);
