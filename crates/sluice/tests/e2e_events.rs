@@ -680,36 +680,28 @@ fn separate_processes_are_attributed_on_both_ends_with_every_field() {
                 .unwrap_or_else(|| panic!("IPv{fam}: no {dir} {state} in {ends:#?}"))
                 .clone()
         };
+        // One end: owner, its own address first, its namespace.
+        let check = |e: &Value, comm: String, pid: u64, local: (IpAddr, u16), remote: (IpAddr, u16), ns: u64| {
+            assert_eq!(
+                (e["comm"].as_str(), e["pid"].as_u64()),
+                (Some(comm.as_str()), Some(pid)),
+                "{e}"
+            );
+            let want = [
+                Value::from(local.0.to_string()),
+                Value::from(local.1),
+                Value::from(remote.0.to_string()),
+                Value::from(remote.1),
+            ];
+            assert_eq!([&e["src"], &e["sport"], &e["dst"], &e["dport"]], want.each_ref(), "{e}");
+            assert_eq!(e["netns"].as_u64(), Some(ns), "{e}");
+        };
         let out = find_end("out", "ESTABLISHED");
-        assert_eq!(out["comm"], format!("sl-cli{fam}"), "{out}");
-        assert_eq!(out["pid"].as_u64(), Some(cli_pid), "{out}");
-        assert_eq!(
-            (&out["src"], &out["sport"], &out["dst"], &out["dport"]),
-            (
-                &Value::from(a_ip.to_string()),
-                &Value::from(cport),
-                &Value::from(b_ip.to_string()),
-                &Value::from(port)
-            ),
-            "{out}"
-        );
-        assert_eq!(out["netns"].as_u64(), Some(ns_a), "{out}");
+        check(&out, format!("sl-cli{fam}"), cli_pid, (a_ip, cport), (b_ip, port), ns_a);
         assert_eq!(out["old_state"], "SYN_SENT", "{out}");
         assert!(out["time"].as_str().unwrap().ends_with('Z'), "{out}");
         let inb = find_end("in", "ESTABLISHED");
-        assert_eq!(inb["comm"], format!("sl-srv{fam}"), "{inb}");
-        assert_eq!(inb["pid"].as_u64(), Some(srv_pid), "{inb}");
-        assert_eq!(
-            (&inb["src"], &inb["sport"], &inb["dst"], &inb["dport"]),
-            (
-                &Value::from(b_ip.to_string()),
-                &Value::from(port),
-                &Value::from(a_ip.to_string()),
-                &Value::from(cport)
-            ),
-            "{inb}"
-        );
-        assert_eq!(inb["netns"].as_u64(), Some(ns_b), "{inb}");
+        check(&inb, format!("sl-srv{fam}"), srv_pid, (b_ip, port), (a_ip, cport), ns_b);
         for dir in ["out", "in"] {
             let close = find_end(dir, "CLOSE");
             let pid = if dir == "out" { cli_pid } else { srv_pid };
