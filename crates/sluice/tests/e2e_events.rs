@@ -802,18 +802,23 @@ fn connections_older_than_the_daemon_are_listed_with_their_owners() {
     );
     assert!(text.contains("* older than the connection tracer"), "{text}");
 
+    // The CLOSE event of our end of a connection, which must name its owner.
+    let close_of = |d: &Daemon, port: u16, comm: &str, pid: u64| {
+        let close = wait_for("the close", || {
+            events(d, "conn")
+                .into_iter()
+                .find(|e| e["sport"] == port && e["state"] == "CLOSE")
+        });
+        assert_eq!(
+            (close["comm"].as_str(), close["pid"].as_u64()),
+            (Some(comm), Some(pid)),
+            "{close}"
+        );
+        close
+    };
     // Its close carries the owner /proc gave it, and no made-up duration.
     finish(old);
-    let close = wait_for("the old connection's close", || {
-        events(&d, "conn")
-            .into_iter()
-            .find(|e| e["sport"] == old_port && e["state"] == "CLOSE")
-    });
-    assert_eq!(
-        (close["comm"].as_str(), close["pid"].as_u64()),
-        (Some("sl-old-cli"), Some(old_pid)),
-        "{close}"
-    );
+    let close = close_of(&d, old_port, "sl-old-cli", old_pid);
     assert_eq!(close["direction"], "out", "{close}");
     assert!(close.get("duration_ms").is_none(), "{close}");
     let gone = entry(&d.json(&["conns"]), "out", old_port).unwrap();
@@ -853,16 +858,7 @@ fn connections_older_than_the_daemon_are_listed_with_their_owners() {
         "{c}"
     );
     finish(mid);
-    let close = wait_for("the close after the restart", || {
-        events(&d, "conn")
-            .into_iter()
-            .find(|e| e["sport"] == mid_port && e["state"] == "CLOSE")
-    });
-    assert_eq!(
-        (close["comm"].as_str(), close["pid"].as_u64()),
-        (Some("sl-mid-cli"), Some(mid_pid)),
-        "{close}"
-    );
+    close_of(&d, mid_port, "sl-mid-cli", mid_pid);
     let _ = srv.kill();
     let _ = srv.wait();
 }
