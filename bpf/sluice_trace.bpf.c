@@ -75,7 +75,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, __u64);
 	__type(value, struct sock_info);
-	__uint(max_entries, 65536);
+	__uint(max_entries, SLUICE_SOCKS_ENTRIES);
 } sl_socks SEC(".maps");
 
 struct {

@@ -18,6 +18,7 @@
 #include "parse.h"
 #include "gcra.h"
 #include "events.h"
+#include "counter.h"
 
 #define LPM_MAP(NAME, KEY)                                   \
 	struct {                                             \
@@ -72,7 +73,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_limits SEC(".maps");
 
-/* (active half << 16) | number of rules in it. */
+/* (active half << SLUICE_LIM_SEL_SHIFT) | number of rules in it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -134,18 +135,9 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__type(key, struct if_stat_key);
 	__type(value, struct counter);
-	__uint(max_entries, 8192);
+	__uint(max_entries, SLUICE_IF_STATS_ENTRIES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_if_stats SEC(".maps");
-
-static __always_inline void count(void *map, __u32 idx, __u64 len)
-{
-	struct counter *c = bpf_map_lookup_elem(map, &idx);
-	if (c) { /* per-CPU slot: no atomics needed */
-		c->packets++;
-		c->bytes += len;
-	}
-}
 
 /* Looks addr up in one table if the table is non-empty; on a hit, counts
  * the rule and returns its slot + 1, else 0. */
@@ -306,12 +298,14 @@ static __always_inline __u32 limited(struct pkt *p, __u64 len)
 	__u32 *sel = bpf_map_lookup_elem(&sl_lim_sel, &zero);
 	if (!sel)
 		return 0;
-	__u32 n = *sel & 0xffff;
+	__u32 n = *sel & ((1u << SLUICE_LIM_SEL_SHIFT) - 1);
 	if (!n)
 		return 0;
 	if (n > SLUICE_MAX_LIMITS)
 		n = SLUICE_MAX_LIMITS;
-	struct lim_ctx c = { .len = len, .now = bpf_ktime_get_ns(), .base = (*sel >> 16) ? SLUICE_MAX_LIMITS : 0 };
+	struct lim_ctx c = { .len = len,
+			     .now = bpf_ktime_get_ns(),
+			     .base = (*sel >> SLUICE_LIM_SEL_SHIFT) ? SLUICE_MAX_LIMITS : 0 };
 	c.now_fp = c.now << GCRA_TIME_SHIFT;
 	c.p = *p;
 	bpf_loop(n, lim_one, &c, 0);

@@ -22,13 +22,15 @@
 #define SLUICE_GCRA_H
 
 #include <linux/types.h>
+#include "sluice_abi.h"
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
 #endif
 
-/* TAT units per ns. */
-#define GCRA_TIME_SHIFT 8
+/* TAT units per ns: 1 << GCRA_TIME_SHIFT (an ABI constant, the daemon
+ * computes rates in the same unit). */
+#define GCRA_TIME_SHIFT SLUICE_GCRA_TIME_SHIFT
 /* Warm-up progress is fixed point: GCRA_WARM_ONE is 1.0. */
 #define GCRA_WARM_ONE 1024
 /* Sentinel's cold factor: a cold rule admits rate / 3. */

@@ -188,4 +188,17 @@ static __always_inline int parse_pkt(void *data, void *end, struct pkt *p)
 	return PARSE_NON_IP;
 }
 
+/* The packet's own tuple as a flow key (`struct ct_key`): the forward
+ * state (sl_ct) and the L7 capture's detected flows (sl_l7_flows) are both
+ * keyed by it. */
+static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p)
+{
+	k->family = p->family;
+	k->proto = p->l4proto;
+	k->sport = p->sport;
+	k->dport = p->dport;
+	__builtin_memcpy(k->saddr, p->saddr, 16);
+	__builtin_memcpy(k->daddr, p->daddr, 16);
+}
+
 #endif /* SLUICE_PARSE_H */

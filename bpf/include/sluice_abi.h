@@ -93,6 +93,11 @@ enum stat_idx {
 #define SLUICE_MAX_LIMITS 64
 /* Default capacity of the per-source bucket LRU (config: limit_sources). */
 #define SLUICE_DEFAULT_LIMIT_SOURCES 65536
+/* sl_lim_sel[0] = (active half << SLUICE_LIM_SEL_SHIFT) | rules in it. */
+#define SLUICE_LIM_SEL_SHIFT 16
+/* The rate limiter's time unit: TATs, costs and tau are in 1/2^shift ns
+ * (gcra.h's GCRA_TIME_SHIFT). */
+#define SLUICE_GCRA_TIME_SHIFT 8
 
 enum limit_kind {
 	LIMIT_PPS = 1,   /* packets per second */
@@ -266,11 +271,19 @@ struct owner {
 	char comm[16];
 };
 
+/* Capacity of sl_socks (trace object): live TCP sockets followed at once;
+ * the daemon's connection table keeps as many open connections. */
+#define SLUICE_SOCKS_ENTRIES 65536
+
 /* Key of sl_if_stats: packets by interface and verdict. */
 struct if_stat_key {
 	__u32 ifindex;
 	__u32 verdict;
 };
+
+/* Capacity of sl_if_stats (an LRU: counters of interfaces long gone make
+ * room for new ones). */
+#define SLUICE_IF_STATS_ENTRIES 8192
 
 
 /* ---- Forwarding (DNAT) and redirect: the TC programs (sluice_tc.bpf.c) ---- */
@@ -348,6 +361,17 @@ struct redir_val {
 	__u8 smac[6]; /* IFACE's MAC, the new source MAC */
 	__u16 _pad;
 };
+
+/* sl_peer_mac value: the source MAC last seen on a managed interface's
+ * ingress. For a host-side veth that is its peer's MAC, the destination MAC
+ * a peer redirect writes. 8 bytes, so the program compares it as a u64. */
+struct mac {
+	__u8 a[6];
+	__u16 _pad;
+};
+
+/* Capacity of sl_peer_mac (key: ifindex). */
+#define SLUICE_PEER_MAC_ENTRIES 4096
 
 /* sl_tc_cfg[0], written by the daemon: empty rule sets cost no lookup. */
 struct tc_config {
@@ -444,6 +468,7 @@ _Static_assert(sizeof(struct fwd_rule) == 328, "fwd_rule size");
 _Static_assert(sizeof(struct ct_key) == 40, "ct_key size");
 _Static_assert(sizeof(struct ct_val) == 32, "ct_val size");
 _Static_assert(sizeof(struct redir_val) == 20, "redir_val size");
+_Static_assert(sizeof(struct mac) == 8, "mac size");
 _Static_assert(sizeof(struct tc_config) == 24, "tc_config size");
 _Static_assert(sizeof(struct l7_flow) == 8, "l7_flow size");
 _Static_assert(__builtin_offsetof(struct ev_l7, data) == SLUICE_EV_L7_HDR, "ev_l7 header size");

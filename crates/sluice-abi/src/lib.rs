@@ -21,6 +21,10 @@ pub const MAX_IPV6_EXT: usize = 8;
 pub const MAX_LIMITS: u32 = 64;
 /// `SLUICE_DEFAULT_LIMIT_SOURCES`: default per-source LRU capacity.
 pub const DEFAULT_LIMIT_SOURCES: u32 = 65536;
+/// `SLUICE_LIM_SEL_SHIFT`: `sl_lim_sel[0]` is `(active half << this) | rules in it`.
+pub const LIM_SEL_SHIFT: u32 = 16;
+/// `SLUICE_GCRA_TIME_SHIFT`: the limiter's time unit, TATs in 1/2^shift ns.
+pub const GCRA_TIME_SHIFT: u32 = 8;
 /// `enum limit_kind`.
 pub const LIMIT_PPS: u8 = 1;
 pub const LIMIT_BPS: u8 = 2;
@@ -276,6 +280,8 @@ pub mod ev {
     pub const LOST: &str = "sl_ev_lost";
     pub const CONFIG: &str = "sl_ev_cfg";
     pub const IF_STATS: &str = "sl_if_stats";
+    /// `SLUICE_IF_STATS_ENTRIES`: capacity of `sl_if_stats`.
+    pub const IF_STATS_ENTRIES: u32 = 8192;
 }
 
 /// `struct ev_hdr`.
@@ -366,6 +372,8 @@ pub mod trace {
     pub const CATEGORY: &str = "sock";
     pub const TRACEPOINT: &str = "inet_sock_set_state";
     pub const MAPS: [&str; 4] = ["sl_events", "sl_ev_lost", "sl_socks", "sl_listeners"];
+    /// `SLUICE_SOCKS_ENTRIES`: capacity of `sl_socks`.
+    pub const SOCKS_ENTRIES: u32 = 65536;
 }
 
 /// Names in the traffic-generator object (tests and benchmarks only).
@@ -688,44 +696,75 @@ mod header_sync {
     extern crate std;
     use std::{string::String, vec::Vec};
 
-    fn header_values() -> Vec<(String, i64)> {
+    /// A header value: a decimal or hex integer, optionally `(A << B)`.
+    fn value(v: &str) -> Option<i64> {
+        let v = v.trim().trim_start_matches('(').trim_end_matches(')');
+        if let Some((a, b)) = v.split_once("<<") {
+            return Some(value(a)? << value(b)?);
+        }
+        let v = v.trim();
+        match v.strip_prefix("0x") {
+            Some(hex) => i64::from_str_radix(hex, 16).ok(),
+            None => v.parse().ok(),
+        }
+    }
+
+    /// Every `#define NAME VALUE` and `NAME = VALUE` of the header, with its
+    /// value if it is a number.
+    fn header_values() -> Vec<(String, Option<i64>)> {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bpf/include/sluice_abi.h")).unwrap();
         let mut out = Vec::new();
         for line in text.lines() {
             let l = line.trim();
             let (name, val) = if let Some(rest) = l.strip_prefix("#define ") {
-                let mut it = rest.split_whitespace();
-                match (it.next(), it.next()) {
-                    (Some(n), Some(v)) => (n, v),
-                    _ => continue,
+                let rest = rest.split("/*").next().unwrap_or("");
+                match rest.split_once(char::is_whitespace) {
+                    Some((n, v)) => (n, v.trim()),
+                    None => (rest.trim(), ""),
                 }
-            } else if let Some((n, v)) = l.split_once(" = ") {
+            } else if let Some((n, v)) = l.split_once(" = ").filter(|(n, _)| {
+                n.bytes()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
+            }) {
                 (n.trim(), v.split([',', ' ']).next().unwrap_or(""))
             } else {
                 continue;
             };
-            if let Ok(v) = val.parse::<i64>() {
-                out.push((name.into(), v));
-            }
+            out.push((name.into(), value(val)));
         }
         out
     }
 
+    /// Header names that are not shared constants: the include guard and
+    /// the spin-lock type that differs between the BPF and host builds.
+    const C_ONLY: [&str; 2] = ["SLUICE_ABI_H", "SLUICE_SPIN_LOCK"];
+
     #[test]
     fn constants_match_the_c_header() {
         let h = header_values();
+        let checked = core::cell::RefCell::new(std::collections::BTreeSet::new());
         let get = |n: &str| {
+            checked.borrow_mut().insert(String::from(n));
             h.iter()
                 .find(|(k, _)| k == n)
                 .unwrap_or_else(|| panic!("{n} missing from header"))
                 .1
+                .unwrap_or_else(|| panic!("{n} is not a number"))
         };
+        assert_eq!(get("LIMIT_F_PER_SOURCE"), super::LIMIT_F_PER_SOURCE as i64);
+        assert_eq!(get("SLUICE_DEFAULT_RING_BYTES"), super::ev::DEFAULT_RING_BYTES as i64);
+        assert_eq!(get("RULE_NONE"), 0);
+        assert_eq!(get("CONN_DIR_UNKNOWN"), 0);
+        assert_eq!(get("FW_TABLE_COUNT"), super::FwTable::ALL.len() as i64);
         assert_eq!(get("SLUICE_ABI_VERSION"), super::ABI_VERSION as i64);
         assert_eq!(get("SLUICE_DEFAULT_MAX_RULES"), super::DEFAULT_MAX_RULES as i64);
         assert_eq!(get("SLUICE_MAX_IPV6_EXT"), super::MAX_IPV6_EXT as i64);
         assert_eq!(get("SLUICE_MAX_LIMITS"), super::MAX_LIMITS as i64);
         assert_eq!(get("SLUICE_DEFAULT_LIMIT_SOURCES"), super::DEFAULT_LIMIT_SOURCES as i64);
+        assert_eq!(get("SLUICE_LIM_SEL_SHIFT"), super::LIM_SEL_SHIFT as i64);
+        assert_eq!(get("SLUICE_GCRA_TIME_SHIFT"), super::GCRA_TIME_SHIFT as i64);
+        assert_eq!(get("SLUICE_SOCKS_ENTRIES"), super::trace::SOCKS_ENTRIES as i64);
         assert_eq!(get("LIMIT_PPS"), super::LIMIT_PPS as i64);
         assert_eq!(get("LIMIT_BPS"), super::LIMIT_BPS as i64);
         assert_eq!(get("LIMIT_CONNS"), super::LIMIT_CONNS as i64);
@@ -757,6 +796,7 @@ mod header_sync {
             ("RULE_LIMIT", ev::RULE_LIMIT as u32),
             ("SLUICE_DEFAULT_SAMPLE_EVERY", ev::DEFAULT_SAMPLE_EVERY),
             ("SLUICE_DEFAULT_DROP_EVENTS", ev::DEFAULT_DROP_EVENTS),
+            ("SLUICE_IF_STATS_ENTRIES", ev::IF_STATS_ENTRIES),
         ] {
             assert_eq!(get(n), v as i64, "{n}");
         }
@@ -766,6 +806,7 @@ mod header_sync {
             ("SLUICE_MAX_FORWARDS", tc::MAX_FORWARDS),
             ("SLUICE_MAX_REDIRECTS", tc::MAX_REDIRECTS),
             ("SLUICE_DEFAULT_MAX_FLOWS", tc::DEFAULT_MAX_FLOWS),
+            ("SLUICE_PEER_MAC_ENTRIES", tc::PEER_MAC_ENTRIES),
             ("CT_DNAT", tc::CT_DNAT as u32),
             ("CT_SNAT", tc::CT_SNAT as u32),
             ("CT_NEW", tc::CT_NEW as u32),
@@ -811,5 +852,15 @@ mod header_sync {
         ] {
             assert_eq!(get(n), t as i64, "{n}");
         }
+        // Every constant of the header is compared with its mirror above.
+        let unchecked: Vec<&str> = h
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !C_ONLY.contains(n) && !checked.borrow().contains(*n))
+            .collect();
+        assert!(
+            unchecked.is_empty(),
+            "header constants with no mirror check: {unchecked:?}"
+        );
     }
 }

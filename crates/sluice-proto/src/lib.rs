@@ -1,7 +1,12 @@
-//! Pure protocol code for sluice, with no I/O: the reference packet model
-//! used to craft frames for BPF_PROG_TEST_RUN fixtures and benchmarks, and
-//! an independent parser/checksum verifier for the frames programs return.
-//! Everything here is deterministic and safe to fuzz.
+//! Pure protocol code for sluice, with no I/O, deterministic and safe to
+//! fuzz:
+//! - [`packet`]: the reference packet model used to craft frames for
+//!   BPF_PROG_TEST_RUN fixtures and benchmarks;
+//! - [`verify`]: an independent parser and checksum verifier for the frames
+//!   the programs return;
+//! - [`l7`]: the HTTP/1.x, Redis and MySQL parsers that turn the two byte
+//!   streams of a TCP connection into paired requests and responses.
 
+pub mod l7;
 pub mod packet;
 pub mod verify;

@@ -52,7 +52,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use common::{is_root, BenchDaemon, LabGuard, PinGuard};
 use sluice::{
     api::types::Status,
-    gen::{flood, Flood},
+    dataplane::gen::{flood, Flood},
     lab::LabHost,
 };
 use sluice_proto::packet::Packet;

@@ -41,7 +41,7 @@ use common::{BenchDaemon, PinGuard};
 use sluice::{
     dataplane::Dataplane,
     firewall::Firewall,
-    rules::{Action, RuleSpec},
+    firewall::{Action, RuleSpec},
     store::Store,
 };
 use sluice_proto::packet::Packet;
@@ -210,8 +210,8 @@ fn bench_xdp() -> Result<XdpResults> {
         max_rules: XDP_MAX_RULES,
         ..Default::default()
     };
-    let (mut dp, tables, _limits) = Dataplane::load(&pins.0, cap).context("loading the XDP dataplane")?;
-    let (mut fw, _) = Firewall::open(Store::in_memory()?, Box::new(tables))?;
+    let (mut dp, maps) = Dataplane::load(&pins.0, cap).context("loading the XDP dataplane")?;
+    let (mut fw, _) = Firewall::open(Store::in_memory()?, Box::new(maps.firewall))?;
     let mut installed = 0;
     let mut insert_time = Duration::ZERO;
     let mut rows = Vec::new();
@@ -249,7 +249,7 @@ fn bench_xdp() -> Result<XdpResults> {
             case(p.miss_out, XDP_PASS, "miss"),
         ];
         ensure!(cases.iter().all(|c| c.frame.len() == 64), "frames must be 64 bytes");
-        let ns = measure(dp.xdp(), &cases)?;
+        let ns = measure(dp.xdp_program(), &cases)?;
         rows.push(XdpRow { rules: n, ns });
     }
     drop(fw);

@@ -13,7 +13,7 @@
 //!    (early exit), with rules the frame does not match, an established flow
 //!    being DNAT-rewritten (TCP over IPv4 and IPv6), a reply being
 //!    reverse-translated, and a redirect hit. Rules go in through the real
-//!    [`Nat`] controller; each rule set has its own dataplane and pin dir.
+//!    [`Forwarder`] controller; each rule set has its own dataplane and pin dir.
 //!
 //!    With `repeat`, the kernel runs the program again and again on the
 //!    *same* skb, so a rewrite made by run *i* is the input of run *i + 1*:
@@ -69,8 +69,8 @@ use common::{is_root, BenchDaemon, LabGuard, PinGuard};
 use serde_json::Value;
 use sluice::{
     dataplane::{Capacity, Dataplane},
+    forward::{spec::addr16, ForwardRequest, Forwarder, RedirectRequest},
     lab::LabHost,
-    nat::{addr16, ForwardRequest, Nat, RedirectRequest},
     store::Store,
 };
 use sluice_abi::{tc, CtKey, CtVal};
@@ -260,18 +260,17 @@ fn ct_key(src: SocketAddr, dst: SocketAddr) -> CtKey {
 /// A dataplane in its own pin dir with its forward/redirect controller.
 struct Tc {
     dp: Dataplane,
-    nat: Nat,
+    fwd: Forwarder,
     pins: PinGuard,
 }
 
 impl Tc {
     fn load(tag: &str) -> Result<Self> {
         let pins = PinGuard::new("sluice-benchfwd", &format!("-{tag}"))?;
-        let (mut dp, _, _) =
+        let (dp, maps) =
             Dataplane::load(&pins.0, Capacity::default()).with_context(|| format!("loading the {tag} dataplane"))?;
-        let tables = dp.take_nat_tables()?.context("the dataplane has no TC maps")?;
-        let (nat, _) = Nat::open(Store::in_memory()?, Some(tables))?;
-        Ok(Tc { dp, nat, pins })
+        let (fwd, _) = Forwarder::open(Store::in_memory()?, Box::new(maps.forward))?;
+        Ok(Tc { dp, fwd, pins })
     }
 
     fn prog(&mut self) -> Result<&SchedClassifier> {
@@ -280,7 +279,7 @@ impl Tc {
     }
 
     fn add_forward(&mut self, service: &str, target: &str) -> Result<u32> {
-        let f = self.nat.add_forward(&ForwardRequest {
+        let f = self.fwd.add_forward(&ForwardRequest {
             service: service.into(),
             to: vec![target.into()],
             comment: None,
@@ -316,11 +315,11 @@ impl Tc {
     }
 
     fn counter(&self, slot: u32) -> Result<u64> {
-        Ok(self.nat.forward_counter(slot)?.packets)
+        Ok(self.fwd.forward_counter(slot)?.packets)
     }
 
     fn stat(&self, name: &str) -> Result<u64> {
-        Ok(self.nat.stats()?.get(name).map_or(0, |c| c.packets))
+        Ok(self.fwd.stats()?.get(name).map_or(0, |c| c.packets))
     }
 }
 
@@ -450,7 +449,7 @@ fn bench_test_run() -> Result<(Vec<TcRow>, Naive)> {
     let slot6 = fwd.add_forward(SERVICE6, TARGET6)?;
     let mut redir = Tc::load("redir")?;
     let _bridge = BridgeGuard::new(BRIDGE)?;
-    let r = redir.nat.add_redirect(&RedirectRequest {
+    let r = redir.fwd.add_redirect(&RedirectRequest {
         cidr: REDIR_CIDR.into(),
         iface: BRIDGE.into(),
         comment: None,
@@ -559,7 +558,7 @@ fn bench_test_run() -> Result<(Vec<TcRow>, Naive)> {
         2 * runs,
         2 * runs
     );
-    let redirected = redir.nat.redirect_counter(redir_slot)?.packets;
+    let redirected = redir.fwd.redirect_counter(redir_slot)?.packets;
     ensure!(redirected == runs, "redirect counter {redirected}, expected {runs}");
     ensure!(
         none.stat("dnat")? + none.stat("new_flows")? == 0,

@@ -22,8 +22,8 @@
 //!    10 per-source rules matching), each variant in its own dataplane and
 //!    pin dir. The limits are so generous ([`FAST_PPS`]) that nothing drops.
 //! 3. **Compare-and-swap vs spin lock** on a shared bucket: the shipping
-//!    object ([`dataplane::XDP_OBJ`]) against the spin-lock build
-//!    ([`dataplane::XDP_SPIN_OBJ`]), one matching shared rule, test_run on
+//!    object ([`dataplane::objects::XDP_OBJ`]) against the spin-lock build
+//!    ([`dataplane::objects::XDP_SPIN_OBJ`]), one matching shared rule, test_run on
 //!    one thread and on two threads pinned to different CPUs hammering the
 //!    same bucket at once; then a lost-update check: rate 1 pps, burst
 //!    100 000, two threads sending 100 000 packets each.
@@ -52,12 +52,14 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use common::{is_root, BenchDaemon, LabGuard, PinGuard};
 use serde_json::Value;
 use sluice::{
-    dataplane::{self, Capacity, Dataplane},
-    firewall::Firewall,
-    gen::{flood, Flood, FloodReport},
+    dataplane::{
+        self,
+        gen::{flood, Flood, FloodReport},
+        Capacity, Dataplane,
+    },
+    firewall::{Action, Firewall, RuleSpec},
     lab::LabHost,
     limits::{LimitKind, LimitMatch, LimitRequest, LimitSpec, LimitStats, Limiter},
-    rules::{Action, RuleSpec},
     store::Store,
 };
 use sluice_proto::packet::Packet;
@@ -328,9 +330,9 @@ impl Loaded {
             limit_sources: 1024,
             ..Default::default()
         };
-        let (dp, tables, limit_tables) =
+        let (dp, maps) =
             Dataplane::load_object(obj, &pins.0, cap).with_context(|| format!("loading the {tag} dataplane"))?;
-        let (mut fw, _) = Firewall::open(Store::in_memory()?, Box::new(tables))?;
+        let (mut fw, _) = Firewall::open(Store::in_memory()?, Box::new(maps.firewall))?;
         if !deny.is_empty() {
             let specs = deny
                 .iter()
@@ -338,7 +340,7 @@ impl Loaded {
                 .collect::<Result<Vec<_>, _>>()?;
             fw.add(specs)?;
         }
-        let mut limiter = Limiter::open(Store::in_memory()?, Box::new(limit_tables))?;
+        let mut limiter = Limiter::open(Store::in_memory()?, Box::new(maps.limits))?;
         for r in limits {
             limiter.add(r.validate()?)?;
         }
@@ -425,7 +427,7 @@ fn bench_pipeline() -> Result<Vec<PipelineRow>> {
     let mut loaded = Vec::new();
     for v in &variants {
         eprintln!("  loading {}", v.what);
-        loaded.push(Loaded::new(dataplane::XDP_OBJ, v.tag, &v.deny, &v.limits)?);
+        loaded.push(Loaded::new(dataplane::objects::XDP_OBJ, v.tag, &v.deny, &v.limits)?);
     }
     let frame = test_frame(TEST_SRC);
     ensure!(frame.len() == 64, "the test_run frame must be 64 bytes");
@@ -435,7 +437,7 @@ fn bench_pipeline() -> Result<Vec<PipelineRow>> {
             .zip(&variants)
             .map(|(l, v)| Case {
                 what: v.what.to_string(),
-                xdp: l.dp.xdp(),
+                xdp: l.dp.xdp_program(),
                 frame: frame.clone(),
                 want: XDP_PASS,
             })
@@ -545,8 +547,8 @@ fn bench_locks() -> Result<Vec<LockRow>> {
     let frame = test_frame(TEST_SRC);
     let rule = [fast_limit(&format!("{TEST_SRC}/32"), false)];
     let builds: [(&'static str, &[u8], &str); 2] = [
-        ("compare-and-swap (XDP_OBJ, ships)", dataplane::XDP_OBJ, "cas"),
-        ("bpf_spin_lock (XDP_SPIN_OBJ)", dataplane::XDP_SPIN_OBJ, "spin"),
+        ("compare-and-swap (XDP_OBJ, ships)", dataplane::objects::XDP_OBJ, "cas"),
+        ("bpf_spin_lock (XDP_SPIN_OBJ)", dataplane::objects::XDP_SPIN_OBJ, "spin"),
     ];
     let mut loaded = Vec::new();
     let mut rows = Vec::new();
@@ -580,7 +582,7 @@ fn bench_locks() -> Result<Vec<LockRow>> {
             .iter_mut()
             .map(|(name, l, _)| Case {
                 what: name.to_string(),
-                xdp: l.dp.xdp(),
+                xdp: l.dp.xdp_program(),
                 frame: frame.clone(),
                 want: XDP_PASS,
             })
@@ -596,11 +598,11 @@ fn bench_locks() -> Result<Vec<LockRow>> {
     let mut per_thread = vec![[Vec::new(), Vec::new()]; loaded.len()];
     let mut aggregate = vec![Vec::new(); loaded.len()];
     for (_, l, _) in &mut loaded {
-        contend(l.dp.xdp(), &frame, WARMUP)?;
+        contend(l.dp.xdp_program(), &frame, WARMUP)?;
     }
     for _ in 0..ROUNDS {
         for (i, (name, l, _)) in loaded.iter_mut().enumerate() {
-            let (res, wall) = contend(l.dp.xdp(), &frame, REPEAT)?;
+            let (res, wall) = contend(l.dp.xdp_program(), &frame, REPEAT)?;
             for (t, (v, ns)) in res.iter().enumerate() {
                 // A compare-and-swap that loses every retry drops the packet
                 // by design; any other verdict is a bug.
@@ -652,7 +654,7 @@ fn bench_locks() -> Result<Vec<LockRow>> {
         // the rate, and the kernel math does not care.
         let added = Instant::now();
         l.limits.add(spec)?;
-        contend(l.dp.xdp(), &frame, CHECK_BURST as u32)?;
+        contend(l.dp.xdp_program(), &frame, CHECK_BURST as u32)?;
         let refill = added.elapsed().as_secs_f64().ceil() as u64;
         let s = l.stats()?[0];
         let max = CHECK_BURST + refill;

@@ -1,18 +1,14 @@
-//! The `sluice` command: `run` is the daemon, `down` and `lab` act on this
-//! machine directly, and every other command is a thin client of the
-//! daemon's REST API. Errors print as one line on stderr with exit status 1;
-//! usage errors exit with 2 (clap's convention).
-
-mod cli;
-mod client;
-mod daemon;
+//! The `sluice` binary: parses the command line, sets up logging and the
+//! async runtime, and runs the command. Errors print as one line on stderr
+//! with exit status 1; usage errors exit with 2 (clap's convention).
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use sluice::cli::Cli;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = Cli::parse();
     if !args.is_daemon() {
         // `sluice deny list | head` should end quietly, like any Unix tool.
         // SAFETY: restoring the default disposition before any thread starts.
@@ -36,19 +32,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cli::dispatch(args)) {
+    match rt.block_on(sluice::cli::dispatch(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes, ripgrep-style.
-            let mut msg = e.to_string();
-            for cause in e.chain().skip(1) {
-                let c = cause.to_string();
-                if !msg.contains(&c) {
-                    msg.push_str(": ");
-                    msg.push_str(&c);
-                }
-            }
-            eprintln!("sluice: error: {msg}");
+            eprintln!("sluice: error: {}", sluice::model::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

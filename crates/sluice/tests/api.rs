@@ -13,18 +13,19 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sluice::{
     api::{app, Ctl},
-    dataplane::{MemLimitTables, MemTables},
-    events::Hub,
+    firewall::tables::MemFirewallTables,
     firewall::Firewall,
+    limits::tables::MemLimitTables,
     limits::Limiter,
     store::Store,
+    visibility::Hub,
 };
 use tower::ServiceExt;
 
 fn router(capacity: u32) -> Router {
-    let (fw, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(MemTables::new(capacity))).unwrap();
+    let (fw, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(MemFirewallTables::new(capacity))).unwrap();
     let limits = Limiter::open(Store::in_memory().unwrap(), Box::new(MemLimitTables::default())).unwrap();
-    app(Arc::new(Ctl::new(fw, limits, None, Hub::new(100))))
+    app(Arc::new(Ctl::with_doubles(fw, limits, Hub::new(100))))
 }
 
 async fn call(app: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {

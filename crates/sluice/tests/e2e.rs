@@ -30,6 +30,7 @@ fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) -> Dura
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn deny_drops_one_host_and_not_the_other_then_delete_restores() {
     require_root();
     let lab = LabGuard::new("se1", 11);
@@ -91,6 +92,7 @@ fn deny_drops_one_host_and_not_the_other_then_delete_restores() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn kill9_keeps_enforcing_and_a_restart_adopts_without_duplicates() {
     require_root();
     let lab = LabGuard::new("se2", 12);
@@ -171,6 +173,7 @@ fn kill9_keeps_enforcing_and_a_restart_adopts_without_duplicates() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn drivers_without_native_xdp_fall_back_to_generic_mode() {
     require_root();
     struct Iface(&'static str);
@@ -195,6 +198,7 @@ fn drivers_without_native_xdp_fall_back_to_generic_mode() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn interfaces_created_later_are_covered_within_a_second_and_forgotten_when_gone() {
     require_root();
     let d = Daemon::start("e3", &["se3-*"]);
@@ -223,6 +227,7 @@ fn interfaces_created_later_are_covered_within_a_second_and_forgotten_when_gone(
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn down_detaches_and_unpins_and_run_reapplies_lost_maps() {
     require_root();
     let lab = LabGuard::new("se4", 14);
@@ -303,6 +308,7 @@ fn down_detaches_and_unpins_and_run_reapplies_lost_maps() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn the_lab_command_is_idempotent_and_says_what_it_made() {
     require_root();
     let lab = |args: &[&str]| {
@@ -350,6 +356,7 @@ fn the_lab_command_is_idempotent_and_says_what_it_made() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn cli_exit_codes_and_one_line_errors() {
     require_root();
     let o = Command::new(BIN)
@@ -426,6 +433,7 @@ fn cli_exit_codes_and_one_line_errors() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn a_corrupt_or_newer_state_database_stops_the_daemon_and_leaves_enforcement_running() {
     require_root();
     let lab = LabGuard::new("se7", 17);
@@ -484,6 +492,7 @@ fn a_corrupt_or_newer_state_database_stops_the_daemon_and_leaves_enforcement_run
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn concurrent_conflicting_updates_leave_store_and_kernel_equal() {
     require_root();
     let d = std::sync::Arc::new(Daemon::start("e8", &["sluice-e8-none*"]));
@@ -576,6 +585,7 @@ fn concurrent_conflicting_updates_leave_store_and_kernel_equal() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn probes_list_every_attach_point_foreign_programs_and_run_stats() {
     require_root();
     let lab = LabGuard::new("se9", 19);
@@ -587,7 +597,7 @@ fn probes_list_every_attach_point_foreign_programs_and_run_stats() {
     std::fs::create_dir_all(&other.0).unwrap();
     let mut ebpf = aya::EbpfLoader::new()
         .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::TC_OBJ)
+        .load(sluice::dataplane::objects::TC_OBJ)
         .unwrap();
     let prog: &mut aya::programs::SchedClassifier =
         ebpf.program_mut(sluice_abi::tc::EGRESS).unwrap().try_into().unwrap();

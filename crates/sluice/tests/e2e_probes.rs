@@ -40,6 +40,7 @@ fn xdp_prog_ids(ifname: &str) -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn disabled_probes_stop_at_once_stay_off_across_restarts_and_enable_again() {
     require_root();
     let lab = LabGuard::new("sp1", 57);
@@ -192,7 +193,7 @@ fn disabled_probes_stop_at_once_stay_off_across_restarts_and_enable_again() {
     std::fs::create_dir_all(&other.0).unwrap();
     let mut obj = aya::EbpfLoader::new()
         .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::XDP_OBJ)
+        .load(sluice::dataplane::objects::XDP_OBJ)
         .unwrap();
     let prog: &mut aya::programs::Xdp = obj.program_mut(sluice_abi::xdp::PROGRAM).unwrap().try_into().unwrap();
     prog.load().unwrap();
@@ -245,6 +246,7 @@ fn raw_put(socket: &std::path::Path, path: &str, body: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn foreign_xdp_and_tc_programs_are_listed_and_never_replaced() {
     require_root();
     let lab = LabGuard::new("sp2", 58);
@@ -255,7 +257,7 @@ fn foreign_xdp_and_tc_programs_are_listed_and_never_replaced() {
     std::fs::create_dir_all(&other.0).unwrap();
     let mut xdp_obj = aya::EbpfLoader::new()
         .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::XDP_OBJ)
+        .load(sluice::dataplane::objects::XDP_OBJ)
         .unwrap();
     let xdp: &mut aya::programs::Xdp = xdp_obj
         .program_mut(sluice_abi::xdp::PROGRAM)
@@ -267,7 +269,7 @@ fn foreign_xdp_and_tc_programs_are_listed_and_never_replaced() {
     let foreign_xdp = xdp.info().unwrap().id();
     let mut tc_obj = aya::EbpfLoader::new()
         .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::TC_OBJ)
+        .load(sluice::dataplane::objects::TC_OBJ)
         .unwrap();
     let _ = aya::programs::tc::qdisc_add_clsact(&a.host_if);
     let tc: &mut aya::programs::SchedClassifier =
@@ -315,7 +317,7 @@ fn foreign_xdp_and_tc_programs_are_listed_and_never_replaced() {
     d.ok(&["probes", "disable", &xdp_a]);
     let mut obj_a = aya::EbpfLoader::new()
         .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::XDP_OBJ)
+        .load(sluice::dataplane::objects::XDP_OBJ)
         .unwrap();
     let xa: &mut aya::programs::Xdp = obj_a.program_mut(sluice_abi::xdp::PROGRAM).unwrap().try_into().unwrap();
     xa.load().unwrap();

@@ -827,6 +827,7 @@ fn set_array_value(pin: &Path, value: &[u8]) {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn kill9_restart_and_upgrade_never_give_a_wrong_verdict() {
     require_root();
     let t_test = Instant::now();
@@ -928,6 +929,7 @@ fn kill9_restart_and_upgrade_never_give_a_wrong_verdict() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn incompatible_pins_are_refused_while_the_old_links_keep_enforcing() {
     require_root();
     let t_test = Instant::now();
@@ -1126,6 +1128,7 @@ fn incompatible_pins_are_refused_while_the_old_links_keep_enforcing() {
 /// not reused silently (an LRU with per-CPU lists evicts differently), and
 /// not left to the verifier (a map the program may not write to).
 #[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn a_pinned_map_with_other_flags_is_refused_not_reused() {
     require_root();
     let mut d = Daemon::start("r3", &["sr-none-*"]);

@@ -20,7 +20,7 @@ const SEC: u64 = 1_000_000_000;
 /// wrap, exactly as in C).
 fn fp(ns: u64) -> u64 {
     let shift = unsafe { sl_gcra_time_shift() };
-    assert_eq!(shift, sluice::limits::TIME_SHIFT, "C and Rust agree on the time unit");
+    assert_eq!(shift, sluice_abi::GCRA_TIME_SHIFT, "C and Rust agree on the time unit");
     ns << shift
 }
 
@@ -141,7 +141,7 @@ fn warm_up_ramps_from_a_third_to_the_full_rate() {
 
 #[test]
 fn the_clock_wrapping_around_changes_nothing() {
-    let start = (u64::MAX >> sluice::limits::TIME_SHIFT) - SEC / 2; // the TAT clock wraps half-way through
+    let start = (u64::MAX >> sluice_abi::GCRA_TIME_SHIFT) - SEC / 2; // the TAT clock wraps half-way through
     let mut wrapped = Bucket::new(LimitKind::Pps, 1000, 100, start);
     let mut plain = Bucket::new(LimitKind::Pps, 1000, 100, SEC);
     let gap = SEC / 10_000;

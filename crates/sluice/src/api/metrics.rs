@@ -19,7 +19,11 @@ use prometheus_client::{
 use sluice_abi::stat;
 
 use super::{blocking, ApiError, AppState};
-use crate::{events::Kind, rules::Action};
+use crate::{
+    firewall::Action,
+    sys::{iface::ifname, procfs::self_usage},
+    visibility::Kind,
+};
 
 type Labels = Vec<(String, String)>;
 
@@ -43,19 +47,6 @@ pub async fn count_requests(State(s): State<AppState>, req: Request, next: Next)
     resp
 }
 
-/// Resident memory (bytes) and CPU time (seconds) of this process.
-fn process_usage() -> Option<(u64, f64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the ")" that ends comm: state is field 3; utime 14, stime 15, rss 24.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    let cpu = (f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / ticks;
-    let rss = f.get(21)?.parse::<u64>().ok()? * page;
-    Some((rss, cpu))
-}
-
 pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     let body = blocking(move || {
         let err = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
@@ -69,14 +60,12 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             packets.clone(),
         );
         reg.register("bytes", "Bytes judged by XDP, by interface and verdict", bytes.clone());
-        if let Some(ev) = &s.events {
-            for ((ifindex, verdict), c) in ev.lock().unwrap().if_stats().map_err(|e| err(e.to_string()))? {
-                let name = crate::dataplane::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
-                let v = stat::NAMES.get(verdict as usize).copied().unwrap_or("unknown");
-                let lb = l(&[("interface", &name), ("verdict", v)]);
-                packets.get_or_create(&lb).inc_by(c.packets);
-                bytes.get_or_create(&lb).inc_by(c.bytes);
-            }
+        for ((ifindex, verdict), c) in s.events.lock().unwrap().if_stats()? {
+            let name = ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
+            let v = stat::NAMES.get(verdict as usize).copied().unwrap_or("unknown");
+            let lb = l(&[("interface", &name), ("verdict", v)]);
+            packets.get_or_create(&lb).inc_by(c.packets);
+            bytes.get_or_create(&lb).inc_by(c.bytes);
         }
 
         // Probes by kind and state (enabled, disabled, failed to attach).
@@ -86,41 +75,10 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             "sluice's probes by kind and state (failed: another owner's program holds the hook, or similar)",
             probes.clone(),
         );
-        if let Some(dp) = &s.dp {
-            use crate::probes::ProbeKind;
-            let dp = dp.lock().unwrap();
-            let count = |kind: ProbeKind, state: &str| {
-                probes
-                    .get_or_create(&l(&[("kind", kind.as_str()), ("state", state)]))
-                    .inc();
-            };
-            for a in dp.attachments() {
-                for k in [ProbeKind::Xdp, ProbeKind::TcIngress, ProbeKind::TcEgress] {
-                    count(
-                        k,
-                        if a.has(k) {
-                            "enabled"
-                        } else if !dp.wants(k, &a.name) {
-                            "disabled"
-                        } else {
-                            "failed"
-                        },
-                    );
-                }
-            }
-            for _ in dp.failed() {
-                count(ProbeKind::Xdp, "failed");
-            }
-            count(
-                ProbeKind::Trace,
-                if dp.trace_program_id().is_some() {
-                    "enabled"
-                } else if dp.wants(ProbeKind::Trace, sluice_abi::trace::TRACEPOINT) {
-                    "failed"
-                } else {
-                    "disabled"
-                },
-            );
+        for (kind, state) in s.hooks.lock().unwrap().probe_states() {
+            probes
+                .get_or_create(&l(&[("kind", kind.as_str()), ("state", state)]))
+                .inc();
         }
 
         // Rule hits: per rule up to 1000 rules, per action beyond that.
@@ -174,7 +132,7 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             tc_stats.clone(),
         );
         {
-            let n = s.nat.lock().unwrap();
+            let n = s.forward.lock().unwrap();
             let flows = n.flow_counts();
             for f in n.forwards() {
                 let lb = l(&[("rule", &f.id.to_string())]);
@@ -195,8 +153,9 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             }
         }
 
-        if let Some(a) = &s.audit {
-            let m = &a.metrics;
+        if let Some(log) = &s.l7 {
+            let m = &s.l7_metrics;
+            let c = &log.store().counters;
             reg.register(
                 "l7_requests",
                 "L7 exchanges recorded, by protocol and status",
@@ -211,9 +170,9 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
             seg.inc_by(m.segments.load(Relaxed));
             reg.register("l7_segments", "TCP payload captures received from the kernel", seg);
             let dropped = Counter::<u64>::default();
-            dropped.inc_by(m.store_dropped.load(Relaxed));
+            dropped.inc_by(c.dropped.load(Relaxed));
             let stored = Counter::<u64>::default();
-            stored.inc_by(m.stored.load(Relaxed));
+            stored.inc_by(c.stored.load(Relaxed));
             reg.register("l7_stored", "L7 records written to the audit log", stored);
             reg.register(
                 "l7_store_dropped",
@@ -244,12 +203,10 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
                 .get_or_create(&l(&[("source", k.as_str())]))
                 .inc_by(s.hub.counters.received[k as usize].load(Relaxed));
         }
-        if let Some(ev) = &s.events {
-            let kl = ev.lock().unwrap().lost().map_err(|e| err(e.to_string()))?;
-            for (name, v) in sluice_abi::ev::LOST_NAMES.iter().zip(kl) {
-                lost.get_or_create(&l(&[("source", name), ("where", "kernel")]))
-                    .inc_by(v);
-            }
+        let kl = s.events.lock().unwrap().lost()?;
+        for (name, v) in sluice_abi::ev::LOST_NAMES.iter().zip(kl) {
+            lost.get_or_create(&l(&[("source", name), ("where", "kernel")]))
+                .inc_by(v);
         }
         lost.get_or_create(&l(&[("source", "all"), ("where", "subscriber")]))
             .inc_by(s.hub.lost_by_subscribers());
@@ -261,7 +218,7 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
                 .inc_by(*n);
         }
 
-        if let Some((rss, cpu)) = process_usage() {
+        if let Some((rss, cpu)) = self_usage() {
             let g = Gauge::<i64>::default();
             g.set(rss as i64);
             reg.register("process_resident_memory_bytes", "Resident memory of the daemon", g);

@@ -5,13 +5,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    dataplane::AttachMode,
-    limits::{Limit, LimitStats},
-    rules::Rule,
+pub use crate::{
+    control::hooks::{FailedIface as FailedIfaceView, IfaceState as IfaceView, Program as ProgramView},
+    control::policy::{Policy, PolicyDiff},
+    firewall::RuleRequest,
+    forward::{ForwardRequest, RedirectRequest},
+    limits::LimitRequest,
 };
-
-pub use crate::limits::LimitRequest;
+use crate::{
+    dataplane::Probe,
+    firewall::Rule,
+    forward::{Forward, Redirect},
+    limits::{Limit, LimitStats},
+    model::{json::Obj, Proto},
+};
 
 /// A limit rule as listed: match, rate, and counters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,18 +74,6 @@ pub struct LimitSummary {
     pub evictions: u64,
 }
 
-/// Body of `POST /v1/deny` and `POST /v1/allow` (one object or an array).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleRequest {
-    pub cidr: String,
-    /// Match the destination address instead of the source.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dst: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-}
-
 /// One object or an array of them. Dispatches on the JSON shape, so an
 /// error names the offending field instead of "no variant matched".
 #[derive(Clone, Debug, Serialize)]
@@ -97,13 +92,13 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
                 .enumerate()
                 .map(|(i, v)| {
                     serde_path_to_error::deserialize(v)
-                        .map(|o: super::Obj<T>| o.0)
+                        .map(|o: Obj<T>| o.0)
                         .map_err(|e| D::Error::custom(format!("rule {}: {e}", i + 1)))
                 })
                 .collect::<Result<Vec<T>, _>>()
                 .map(OneOrMany::Many),
             v => serde_path_to_error::deserialize(v)
-                .map(|o: super::Obj<T>| OneOrMany::One(o.0))
+                .map(|o: Obj<T>| OneOrMany::One(o.0))
                 .map_err(D::Error::custom),
         }
     }
@@ -145,42 +140,6 @@ impl RuleView {
             bytes,
         }
     }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IfaceView {
-    pub name: String,
-    pub ifindex: u32,
-    /// How the XDP firewall runs here; null while `xdp/NAME` is disabled
-    /// (then this interface is not filtered at all).
-    pub mode: Option<AttachMode>,
-    /// Adopted from a previous daemon's pinned link.
-    pub adopted: bool,
-    /// The TC forward/redirect programs are attached too (tcx).
-    #[serde(default)]
-    pub tc: bool,
-    /// Probes the operator disabled here: xdp, tc-ingress, tc-egress.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub disabled: Vec<String>,
-    /// Enabled probes that failed to attach here, with the reason.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub errors: BTreeMap<String, String>,
-}
-
-/// An interface that matched the globs but could not be attached.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FailedIfaceView {
-    pub name: String,
-    pub ifindex: u32,
-    pub error: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ProgramView {
-    pub name: String,
-    pub kind: String,
-    /// Kernel program id.
-    pub id: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -268,7 +227,7 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ForwardView {
     pub id: i64,
-    pub proto: crate::nat::Proto,
+    pub proto: Proto,
     /// The service, `IP:PORT` (`[IPv6]:PORT`).
     #[serde(rename = "match")]
     pub service: String,
@@ -284,7 +243,7 @@ pub struct ForwardView {
 }
 
 impl ForwardView {
-    pub fn new(f: &crate::nat::Forward, c: sluice_abi::Counter, flows: u64) -> Self {
+    pub fn new(f: &Forward, c: sluice_abi::Counter, flows: u64) -> Self {
         ForwardView {
             id: f.id,
             proto: f.spec.proto,
@@ -320,7 +279,7 @@ pub struct RedirectView {
 }
 
 impl RedirectView {
-    pub fn new(r: &crate::nat::Redirect, c: sluice_abi::Counter) -> Self {
+    pub fn new(r: &Redirect, c: sluice_abi::Counter) -> Self {
         let mode = match r.target {
             Some(t) if t.peer => "peer",
             Some(_) => "egress",
@@ -338,4 +297,38 @@ impl RedirectView {
             bytes: c.bytes,
         }
     }
+}
+
+/// Answer of `GET /v1/probes`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeList {
+    /// True while kernel BPF run statistics are being collected.
+    pub stats: bool,
+    pub probes: Vec<Probe>,
+}
+
+/// Body of `PUT /v1/probes/{kind}/{attach}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeStateRequest {
+    pub enabled: bool,
+}
+
+/// Answer of `PUT /v1/probes/{kind}/{attach}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeStateView {
+    pub id: String,
+    pub enabled: bool,
+    /// False if the state was already so.
+    pub changed: bool,
+    /// False if the attach point does not exist now: the state applies
+    /// when it appears.
+    pub present: bool,
+}
+
+/// Body and answer of `PUT /v1/probes/stats`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsRequest {
+    pub enabled: bool,
 }

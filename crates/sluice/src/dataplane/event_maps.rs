@@ -1,7 +1,6 @@
 //! The event maps of the XDP object: the ring buffer every program writes
-//! to, the per-CPU lost counters, the sampling configuration and the
-//! per-interface verdict counters. Also the decoding of raw ring-buffer
-//! records into the ABI structs, checked for size and kind.
+//! to (read through [`EventRing`]), the per-CPU lost counters, the sampling
+//! configuration and the per-interface verdict counters.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +8,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
-use sluice_abi::{ev, Counter, EvConfig, EvConn, EvHdr, EvPacket, IfStatKey};
+use sluice_abi::{ev, Counter, EvConfig, IfStatKey};
 
 use super::DataplaneError;
 
@@ -31,9 +30,9 @@ impl EventMaps {
         })
     }
 
-    /// The ring buffer, for its one reader.
-    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
-        self.ring.take()
+    /// The ring buffer, for its one reader (once).
+    pub fn take_ring(&mut self) -> Option<EventRing> {
+        self.ring.take().map(EventRing::new)
     }
 
     /// Sets packet sampling (1 in `sample_every` per CPU, 0 = off) and the
@@ -73,57 +72,76 @@ impl EventMaps {
     }
 }
 
-/// A decoded ring-buffer record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RawEvent {
-    Conn(EvConn),
-    Packet(EvPacket),
-    Drop(EvPacket),
+/// The one reader of the event ring buffer. [`EventRing::poll`] takes what
+/// is waiting, without waiting; [`EventRing::read`] waits (inside a tokio
+/// runtime) until the kernel signals records, registering the ring with the
+/// runtime the first time.
+pub struct EventRing {
+    ring: Ring,
 }
 
-fn read<T: Copy>(b: &[u8]) -> Option<T> {
-    // SAFETY: length checked; the ABI structs are plain integers, valid for
-    // any bit pattern, and read_unaligned does not need alignment.
-    (b.len() >= std::mem::size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+enum Ring {
+    Plain(RingBuf<MapData>),
+    Polled(tokio::io::unix::AsyncFd<RingBuf<MapData>>),
+    /// Registration failed: the error was returned once; nothing to read.
+    Gone,
 }
 
-/// Decodes one record; None for a record of unknown kind or wrong size.
-pub fn decode(b: &[u8]) -> Option<RawEvent> {
-    let h: EvHdr = read(b)?;
-    match h.kind {
-        ev::CONN if h.size as usize == std::mem::size_of::<EvConn>() => read(b).map(RawEvent::Conn),
-        ev::PACKET if h.size as usize == std::mem::size_of::<EvPacket>() => read(b).map(RawEvent::Packet),
-        ev::DROP if h.size as usize == std::mem::size_of::<EvPacket>() => read(b).map(RawEvent::Drop),
-        _ => None,
+impl EventRing {
+    fn new(ring: RingBuf<MapData>) -> Self {
+        EventRing {
+            ring: Ring::Plain(ring),
+        }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    fn buf(&mut self) -> Option<&mut RingBuf<MapData>> {
+        match &mut self.ring {
+            Ring::Plain(r) => Some(r),
+            Ring::Polled(fd) => Some(fd.get_mut()),
+            Ring::Gone => None,
+        }
+    }
 
-    #[test]
-    fn decode_checks_kind_and_size() {
-        let mut c = EvConn {
-            pid: 42,
-            ..Default::default()
+    /// Passes up to `max` waiting records to `f` without waiting (records
+    /// written without a wakeup are only found this way); returns how many.
+    pub fn poll(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let Some(ring) = self.buf() else { return 0 };
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else { break };
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// Waits until records wait, then passes up to `max` of them to `f`;
+    /// returns how many. Readiness stays set if more remain. An error means
+    /// the ring cannot be polled: no more records will come this way.
+    pub async fn read(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> std::io::Result<usize> {
+        if let Ring::Plain(_) = self.ring {
+            let Ring::Plain(ring) = std::mem::replace(&mut self.ring, Ring::Gone) else {
+                unreachable!("matched above")
+            };
+            // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd
+            // owns it, and as_raw_fd always returns that same fd.
+            let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
+            self.ring = Ring::Polled(fd);
+        }
+        let Ring::Polled(fd) = &mut self.ring else {
+            return Err(std::io::Error::other("the event ring could not be polled"));
         };
-        c.h = EvHdr {
-            kind: ev::CONN,
-            size: 96,
-            cpu: 0,
-            ts_ns: 1,
-        };
-        // SAFETY: EvConn is plain integers.
-        let bytes = unsafe { std::slice::from_raw_parts((&c as *const EvConn).cast::<u8>(), 96) }.to_vec();
-        assert_eq!(decode(&bytes), Some(RawEvent::Conn(c)));
-        assert_eq!(decode(&bytes[..50]), None, "truncated");
-        let mut wrong = bytes.clone();
-        wrong[0] = 9;
-        assert_eq!(decode(&wrong), None, "unknown kind");
-        let mut wrong = bytes;
-        wrong[2] = 72; // size says packet, kind says conn
-        assert_eq!(decode(&wrong), None);
-        assert_eq!(decode(&[]), None);
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else { break };
+            f(&item);
+            n += 1;
+        }
+        if n < max {
+            guard.clear_ready();
+        }
+        Ok(n)
     }
 }

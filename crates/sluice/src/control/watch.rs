@@ -1,0 +1,62 @@
+//! The interface watcher: attaches the probes to every interface whose name
+//! matches the configured globs, both those present at start and those that
+//! appear later, and forgets interfaces that vanish, move to another
+//! namespace or are renamed out of the globs. Link events come from
+//! [`crate::sys::links`].
+
+use std::sync::Arc;
+
+use globset::GlobSet;
+
+use super::hooks::SharedHooks;
+use crate::sys::links::{self, LinkEvent, LinksError};
+
+/// Keeps the attachments equal to the interfaces matching the globs.
+pub struct Watcher {
+    hooks: SharedHooks,
+    matcher: GlobSet,
+}
+
+impl Watcher {
+    pub fn new(hooks: SharedHooks, matcher: GlobSet) -> Self {
+        Watcher { hooks, matcher }
+    }
+
+    fn on_link(&self, ifindex: u32, name: &str) {
+        let mut h = self.hooks.lock().unwrap();
+        let attached = h.is_attached(ifindex);
+        let wanted = self.matcher.is_match(name);
+        match (attached, wanted) {
+            (false, true) => {
+                if let Err(e) = h.attach(ifindex, name) {
+                    tracing::warn!(ifindex, name, error = %e, "cannot attach the XDP firewall");
+                }
+            }
+            (true, true) => h.rename(ifindex, name),
+            (true, false) => h.detach(ifindex),
+            (false, false) => h.forget_failed(ifindex),
+        }
+    }
+
+    /// Subscribes, attaches to every matching interface present now, removes
+    /// pinned links nobody claims, then spawns the event loop.
+    pub async fn start(self) -> Result<tokio::task::JoinHandle<()>, LinksError> {
+        let (present, mut events) = links::subscribe().await?;
+        for (ifindex, name) in present {
+            self.on_link(ifindex, &name);
+        }
+        for ifindex in self.hooks.lock().unwrap().prune_unowned() {
+            tracing::info!(ifindex, "removed a pinned link for an interface no longer managed");
+        }
+        let this = Arc::new(self);
+        Ok(tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                match ev {
+                    LinkEvent::Present { ifindex, name } => this.on_link(ifindex, &name),
+                    LinkEvent::Gone { ifindex } => this.hooks.lock().unwrap().detach(ifindex),
+                }
+            }
+            tracing::error!("netlink event stream ended; new interfaces will not be attached");
+        }))
+    }
+}
