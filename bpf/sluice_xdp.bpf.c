@@ -63,6 +63,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_config SEC(".maps");
 
+/* The import being written (0: none): its entries are pending. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_fw_pending SEC(".maps");
+
+/* For a pending entry's slot: its parent's slot + 1 (0: no parent). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, SLUICE_DEFAULT_MAX_RULES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_rule_parent SEC(".maps");
+
 /* ---- Rate limits ---- */
 
 struct {
@@ -139,8 +157,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_if_stats SEC(".maps");
 
+/* The rule that decides for a matched entry: the entry's own, or, while
+ * the import that added it is pending, its parent's (or none). pending is
+ * read after the entry, so an entry written by an import in flight is
+ * never seen as in force. Returns slot + 1, or 0. */
+static __always_inline __u32 decide(struct fw_rule *r, __u64 len)
+{
+	__u32 slot = r->slot;
+	if (r->gen) {
+		__u32 zero = 0;
+		__u32 *pending = bpf_map_lookup_elem(&sl_fw_pending, &zero);
+		if (pending && *pending == r->gen) {
+			__u32 *up = bpf_map_lookup_elem(&sl_rule_parent, &slot);
+			if (!up || !*up)
+				return 0;
+			slot = *up - 1;
+		}
+	}
+	count(&sl_rule_cnt, slot, len);
+	return slot + 1;
+}
+
 /* Looks addr up in one table if the table is non-empty; on a hit, counts
- * the rule and returns its slot + 1, else 0. */
+ * the deciding rule and returns its slot + 1, else 0. */
 static __always_inline __u32 match4(void *map, __u32 mask, int table, __u8 *addr, __u64 len)
 {
 	if (!(mask & (1u << table)))
@@ -148,10 +187,7 @@ static __always_inline __u32 match4(void *map, __u32 mask, int table, __u8 *addr
 	struct lpm_v4_key k = { .prefixlen = 32 };
 	__builtin_memcpy(k.addr, addr, 4);
 	struct fw_rule *r = bpf_map_lookup_elem(map, &k);
-	if (!r)
-		return 0;
-	count(&sl_rule_cnt, r->slot, len);
-	return r->slot + 1;
+	return r ? decide(r, len) : 0;
 }
 
 static __always_inline __u32 match6(void *map, __u32 mask, int table, __u8 *addr, __u64 len)
@@ -161,10 +197,7 @@ static __always_inline __u32 match6(void *map, __u32 mask, int table, __u8 *addr
 	struct lpm_v6_key k = { .prefixlen = 128 };
 	__builtin_memcpy(k.addr, addr, 16);
 	struct fw_rule *r = bpf_map_lookup_elem(map, &k);
-	if (!r)
-		return 0;
-	count(&sl_rule_cnt, r->slot, len);
-	return r->slot + 1;
+	return r ? decide(r, len) : 0;
 }
 
 struct lim_ctx {

@@ -29,7 +29,7 @@ fi
 
 if ! mountpoint -q /sys/fs/bpf || [ "$(stat -f -c %T /sys/fs/bpf)" != "bpf_fs" ]; then
   mkdir -p /sys/fs/bpf
-  mount -t bpf bpf /sys/fs/bpf
+  mount -t bpf -o mode=0700 bpf /sys/fs/bpf
   echo "setup: mounted bpffs at /sys/fs/bpf"
 fi
 if ! mountpoint -q /sys/kernel/tracing; then

@@ -2,14 +2,22 @@
 /*
  * l7_capture.h: L7 payload capture for the daemon's HTTP/Redis/MySQL
  * parsers. Included by sluice_tc.bpf.c only (it defines the maps), after
- * sl_tc_stats; independent of forward.h (flow keys come from parse.h).
+ * sl_tc_stats and forward.h (it reads forward.h's sl_ct).
  *
  * TCP packets with payload to or from a configured port (sl_l7_ports), or
  * of a connection recognised by its first bytes (sl_l7_flows), are copied,
- * up to l7_cap bytes, into the event ring. The hook runs this before any
- * translation. Ingress sees every packet that enters the host from a
- * managed interface; egress adds only packets the host itself sent (a
- * forwarded packet was already seen at its ingress).
+ * up to l7_cap bytes, into the event ring; so is a FIN or RST without
+ * payload (it ends a stream: a response delimited by the close is complete
+ * then). The hook runs this before any translation. Ingress sees every
+ * packet that enters the host from a managed interface; egress adds only
+ * packets the host itself sent (a forwarded packet was already seen at its
+ * ingress).
+ *
+ * Forwarded flows: a packet with an sl_ct entry is matched as the client
+ * sees its connection (a target's reply as coming from the service, so a
+ * target on another port is still captured), and the record carries the
+ * other address of the translation (L7_F_DNAT/L7_F_SNAT, xaddr/xport), so
+ * the daemon pairs the request to the service with the target's reply.
  */
 #ifndef SLUICE_L7_CAPTURE_H
 #define SLUICE_L7_CAPTURE_H
@@ -91,11 +99,36 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 	__u32 off = p->l4off + (doff >> 4) * 4;
 	if (end > skb->len)
 		end = skb->len;
-	if (end <= off)
-		return; /* no payload: nothing to parse */
-	__u32 plen = end - off;
+	__u32 plen = end > off ? end - off : 0;
+	if (!plen && !(p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		return; /* nothing to parse, and no end of stream */
 
-	__u16 dp = bpf_ntohs(p->dport), sp = bpf_ntohs(p->sport);
+	/* The connection as its client sees it: k is the packet's tuple, with
+	 * a target's reply turned into the service's. */
+	struct ct_key k = {};
+	ct_key_of(&k, p);
+	__u16 xflags = 0;
+	__u8 xaddr[16] = {};
+	__be16 xport = 0;
+	if (cfg->nforwards) {
+		struct ct_val *v = bpf_map_lookup_elem(&sl_ct, &k);
+		if (v && v->dir == CT_DNAT) {
+			xflags = L7_F_DNAT;
+			__builtin_memcpy(xaddr, v->addr, 16);
+			xport = v->port;
+		} else if (v && v->dir == CT_SNAT) {
+			xflags = L7_F_SNAT;
+			__builtin_memcpy(xaddr, v->addr, 16);
+			xport = v->port;
+			/* Match as the client sees it: from the service. */
+			__builtin_memcpy(k.saddr, v->addr, 16);
+			k.sport = v->port;
+		}
+	}
+
+	__u16 dp = bpf_ntohs(k.dport), sp = bpf_ntohs(k.sport);
+	/* A target's own port, when not the service's, matches too. */
+	__u16 tp = xflags ? bpf_ntohs(xflags == L7_F_DNAT ? xport : p->sport) : 0;
 	__u8 proto = 0, dir = 0;
 	__u8 *pr = bpf_map_lookup_elem(&sl_l7_ports, &dp);
 	if (pr) {
@@ -104,9 +137,10 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 	} else if ((pr = bpf_map_lookup_elem(&sl_l7_ports, &sp))) {
 		proto = *pr;
 		dir = L7_TO_CLIENT;
+	} else if (tp && (pr = bpf_map_lookup_elem(&sl_l7_ports, &tp))) {
+		proto = *pr;
+		dir = xflags == L7_F_DNAT ? L7_TO_SERVER : L7_TO_CLIENT;
 	} else if (cfg->l7_detect) {
-		struct ct_key k = {};
-		ct_key_of(&k, p);
 		struct l7_flow *f = bpf_map_lookup_elem(&sl_l7_flows, &k);
 		if (f) {
 			proto = f->proto;
@@ -121,9 +155,9 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 				return;
 			struct l7_flow fl = {.proto = proto, .dir = dir};
 			bpf_map_update_elem(&sl_l7_flows, &k, &fl, BPF_ANY);
-			struct ct_key r = {.family = p->family, .proto = p->l4proto, .sport = p->dport, .dport = p->sport};
-			__builtin_memcpy(r.saddr, p->daddr, 16);
-			__builtin_memcpy(r.daddr, p->saddr, 16);
+			struct ct_key r = {.family = k.family, .proto = k.proto, .sport = k.dport, .dport = k.sport};
+			__builtin_memcpy(r.saddr, k.daddr, 16);
+			__builtin_memcpy(r.daddr, k.saddr, 16);
 			fl.dir = dir == L7_TO_SERVER ? L7_TO_CLIENT : L7_TO_SERVER;
 			bpf_map_update_elem(&sl_l7_flows, &r, &fl, BPF_ANY);
 		}
@@ -137,10 +171,11 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 	if (!ev)
 		return;
 	__u32 n = plen < cfg->l7_cap ? plen : cfg->l7_cap;
-	/* The verifier needs n in [1, SLUICE_L7_CAP] for the copy below. */
-	if (n == 0 || n > SLUICE_L7_CAP)
+	/* n == 0: a FIN or RST alone, nothing to copy. The verifier needs
+	 * n <= SLUICE_L7_CAP (and n > 0) for the copy. */
+	if (n > SLUICE_L7_CAP)
 		return;
-	if (bpf_skb_load_bytes(skb, off, ev->data, n))
+	if (n > 0 && bpf_skb_load_bytes(skb, off, ev->data, n))
 		return;
 	__be32 seq;
 	if (bpf_skb_load_bytes(skb, p->l4off + 4, &seq, 4))
@@ -151,16 +186,21 @@ static __always_inline void l7_capture(struct __sk_buff *skb, const struct pkt *
 	ev->h.ts_ns = bpf_ktime_get_ns();
 	ev->ifindex = skb->ifindex;
 	ev->seq = bpf_ntohl(seq);
-	ev->sport = sp;
-	ev->dport = dp;
+	ev->sport = bpf_ntohs(p->sport);
+	ev->dport = bpf_ntohs(p->dport);
 	ev->family = p->family;
 	ev->proto = proto;
 	ev->dir = dir;
 	ev->tcp_flags = p->tcp_flags;
 	ev->payload_len = plen;
 	ev->cap_len = n;
+	ev->flags = xflags;
+	ev->xport = bpf_ntohs(xport);
+	ev->_pad = 0;
+	ev->_pad2 = 0;
 	__builtin_memcpy(ev->saddr, p->saddr, 16);
 	__builtin_memcpy(ev->daddr, p->daddr, 16);
+	__builtin_memcpy(ev->xaddr, xaddr, 16);
 	count(&sl_tc_stats, TCS_L7, plen);
 	/* A wakeup per record costs more than the capture itself under load:
 	 * wake the reader only once 64 KiB wait; it also drains every 100 ms. */

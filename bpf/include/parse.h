@@ -35,7 +35,9 @@
 #define PKT_F_FRAGMENTED 0x10 /* any fragment, the first included (MF or an
 			       * offset; an IPv6 fragment header) */
 
+#define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
 struct vlan_hdr {

@@ -37,10 +37,15 @@ struct lpm_v6_key {
 	__u8 addr[16];
 };
 
-/* Value of every firewall LPM entry: the rule's slot in sl_rule_cnt. */
+/* Value of every firewall LPM entry: the rule's slot in sl_rule_cnt, and
+ * the import generation that added it (0: a rule added on its own). While
+ * sl_fw_pending[0] holds that generation, the import is not in force yet:
+ * the entry answers with its parent (sl_rule_parent[slot]), the rule that
+ * decided its addresses before, so no packet sees half an import. Builds
+ * before the field had a name wrote 0 there. */
 struct fw_rule {
 	__u32 slot;
-	__u32 flags; /* reserved, 0 */
+	__u32 gen;
 };
 
 /* Per-CPU packet/byte counter: one per rule slot, one per verdict. */
@@ -409,8 +414,20 @@ struct l7_flow {
 	__u32 _pad2;
 };
 
+/* ev_l7 flags: the packet belongs to a forwarded flow (forward.h's sl_ct). */
+enum l7_flags {
+	L7_F_DNAT = 1, /* client -> service; xaddr/xport: the flow's target */
+	L7_F_SNAT = 2, /* target -> client; xaddr/xport: the service dialled */
+};
+
 /* Header of an L7 capture event; cap_len payload bytes follow at data.
- * The record is header + cap_len bytes long (h.size says so). */
+ * The record is header + cap_len bytes long (h.size says so). Addresses
+ * and ports are the packet's, before any translation. A packet with no
+ * payload is sent only for a FIN or RST (payload_len 0): it ends a stream.
+ * The header was 72 bytes before xaddr/xport (SLUICE_EV_L7_HDR_V1); the
+ * daemon reads both, told apart by h.size - cap_len, since the previous
+ * version's programs may still write into the pinned ring. Not a pinned
+ * map layout: SLUICE_ABI_VERSION stays. */
 struct ev_l7 {
 	struct ev_hdr h;
 	__u32 ifindex;
@@ -423,13 +440,18 @@ struct ev_l7 {
 	__u8 tcp_flags;
 	__u32 payload_len; /* TCP payload bytes in the packet */
 	__u16 cap_len;     /* of which captured here */
-	__u16 _pad;
+	__u16 flags;       /* enum l7_flags (was padding: 0 in the V1 header) */
 	__u8 saddr[16];
 	__u8 daddr[16];
+	__u8 xaddr[16];    /* with L7_F_DNAT/L7_F_SNAT: the other address */
+	__u16 xport;       /* host order */
+	__u16 _pad;
+	__u32 _pad2;
 	__u8 data[SLUICE_L7_CAP];
 };
 
-#define SLUICE_EV_L7_HDR 72
+#define SLUICE_EV_L7_HDR 96
+#define SLUICE_EV_L7_HDR_V1 72
 
 /* Indexes into sl_tc_stats (per-CPU struct counter). */
 enum tc_stat_idx {
@@ -472,6 +494,7 @@ _Static_assert(sizeof(struct mac) == 8, "mac size");
 _Static_assert(sizeof(struct tc_config) == 24, "tc_config size");
 _Static_assert(sizeof(struct l7_flow) == 8, "l7_flow size");
 _Static_assert(__builtin_offsetof(struct ev_l7, data) == SLUICE_EV_L7_HDR, "ev_l7 header size");
+_Static_assert(__builtin_offsetof(struct ev_l7, xaddr) == SLUICE_EV_L7_HDR_V1, "ev_l7 V1 header is a prefix");
 _Static_assert(sizeof(struct ev_l7) == SLUICE_EV_L7_HDR + SLUICE_L7_CAP, "ev_l7 size");
 #endif /* __bpf__ */
 

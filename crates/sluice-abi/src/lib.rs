@@ -115,7 +115,9 @@ pub struct LpmV6Key {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FwRule {
     pub slot: u32,
-    pub flags: u32,
+    /// The import generation that added it (0: added on its own); pending
+    /// while `sl_fw_pending[0]` equals it.
+    pub gen: u32,
 }
 
 /// `struct counter`: a per-CPU packets/bytes pair.
@@ -226,8 +228,12 @@ pub mod xdp {
     pub const LIMIT_STATE: &str = "sl_lim_state";
     pub const LIMIT_SOURCES: &str = "sl_lim_src";
     pub const LIMIT_COUNTERS: &str = "sl_lim_cnt";
+    /// The import in flight (array of one u32: its generation, 0 = none).
+    pub const PENDING: &str = "sl_fw_pending";
+    /// Per rule slot: the parent's slot + 1 of a pending entry.
+    pub const RULE_PARENT: &str = "sl_rule_parent";
     /// Every map the object defines, table maps included.
-    pub const MAPS: [&str; 22] = [
+    pub const MAPS: [&str; 24] = [
         "sl_allow_src4",
         "sl_allow_dst4",
         "sl_allow_src6",
@@ -239,6 +245,8 @@ pub mod xdp {
         RULE_COUNTERS,
         STATS,
         CONFIG,
+        PENDING,
+        RULE_PARENT,
         LIMITS,
         LIMIT_SELECT,
         LIMIT_STATE,
@@ -538,7 +546,15 @@ pub mod l7 {
     pub const CAP: usize = 1024;
     pub const PORTS: u32 = 64;
     pub const FLOWS: u32 = 65536;
-    pub const HDR: usize = 72;
+    /// `SLUICE_EV_L7_HDR`: the header of `struct ev_l7` ([`super::EvL7`]).
+    pub const HDR: usize = 96;
+    /// `SLUICE_EV_L7_HDR_V1`: the header before `xaddr`/`xport` (a prefix
+    /// of [`super::EvL7`], `flags` 0), which the previous version's
+    /// programs write.
+    pub const HDR_V1: usize = 72;
+    /// `enum l7_flags`.
+    pub const F_DNAT: u16 = 1;
+    pub const F_SNAT: u16 = 2;
     pub const HTTP: u8 = 1;
     pub const REDIS: u8 = 2;
     pub const MYSQL: u8 = 3;
@@ -574,9 +590,15 @@ pub struct EvL7 {
     pub tcp_flags: u8,
     pub payload_len: u32,
     pub cap_len: u16,
-    pub _pad: u16,
+    /// `l7::F_*`.
+    pub flags: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// With `l7::F_DNAT`/`F_SNAT`: the other address of the translation.
+    pub xaddr: [u8; 16],
+    pub xport: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
 }
 
 /// `struct mac` of `sl_peer_mac`.
@@ -639,7 +661,12 @@ const _: () = {
     assert!(size_of::<L7Flow>() == 8);
     assert!(size_of::<EvL7>() == l7::HDR);
     assert!(offset_of!(EvL7, payload_len) == 32);
+    assert!(offset_of!(EvL7, cap_len) == 36);
     assert!(offset_of!(EvL7, saddr) == 40);
+    assert!(offset_of!(EvL7, xaddr) == 72);
+    assert!(offset_of!(EvL7, xport) == 88);
+    // The previous header is the prefix up to xaddr.
+    assert!(offset_of!(EvL7, xaddr) == l7::HDR_V1);
     assert!(size_of::<Mac>() == 8);
 };
 
@@ -784,6 +811,9 @@ mod header_sync {
             ("SLUICE_L7_PORTS", super::l7::PORTS),
             ("SLUICE_L7_FLOWS", super::l7::FLOWS),
             ("SLUICE_EV_L7_HDR", super::l7::HDR as u32),
+            ("SLUICE_EV_L7_HDR_V1", super::l7::HDR_V1 as u32),
+            ("L7_F_DNAT", super::l7::F_DNAT as u32),
+            ("L7_F_SNAT", super::l7::F_SNAT as u32),
             ("L7_HTTP", super::l7::HTTP as u32),
             ("L7_REDIS", super::l7::REDIS as u32),
             ("L7_MYSQL", super::l7::MYSQL as u32),

@@ -117,8 +117,9 @@ const LAB_GLOB: &str = "bf-*";
 /// default) off, so that the TC programs do forwarding only and the direct
 /// runs are a baseline without it.
 const DAEMON_CONFIG: &str = "l7_capture_bytes = 0\n";
-/// The virtual service address the forwards match (routed to the host by
-/// bf-a's default route; translated at the ingress of bf-a).
+/// The virtual service address the forwards match (inside the lab range
+/// 198.18.0.0/15, which bf-a routes to the host; translated at the ingress
+/// of bf-a).
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 80);
 /// Ports of the forward targets on b.
 const IPERF_PORT: u16 = 5201;

@@ -6,13 +6,23 @@
 //!
 //! Lab number `n` gives host `j` (0 = a, 1 = b, ...) the subnets
 //! 198.18.(2n+j+1).0/24 and 2001:2:0:(2n+j+1)::/64; the host side is `.1`/`::1`
-//! and the namespace side `.2`/`::2`, with a default route back to the host.
+//! and the namespace side `.2`/`::2`. A namespace routes the lab ranges
+//! ([`LAB_V4`], [`LAB_V6`]) through the host and nothing else: it has no
+//! default route, so a connection to any other address fails at once with
+//! "network unreachable" instead of leaving by the host's uplink when the
+//! host forwards.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::Path,
     process::{Command, Output},
 };
+
+/// The IPv4 range of every lab (RFC 2544), the only IPv4 route of a lab
+/// namespace besides its own subnet.
+pub const LAB_V4: &str = "198.18.0.0/15";
+/// The IPv6 range of every lab (RFC 5180), likewise.
+pub const LAB_V6: &str = "2001:2::/48";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -164,8 +174,13 @@ impl LabHost {
         run(&["ip", "-n", ns, "addr", "replace", &n4, "dev", "eth0"])?;
         run(&["ip", "-n", ns, "-6", "addr", "replace", &n6, "dev", "eth0", "nodad"])?;
         run(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
-        run(&["ip", "-n", ns, "route", "replace", "default", "via", &gw4])?;
-        run(&["ip", "-n", ns, "-6", "route", "replace", "default", "via", &gw6])?;
+        // The lab ranges through the host, and no default route (a lab made
+        // by an older version had one: repairing removes it).
+        run(&["ip", "-n", ns, "route", "replace", LAB_V4, "via", &gw4])?;
+        run(&["ip", "-n", ns, "-6", "route", "replace", LAB_V6, "via", &gw6])?;
+        for v in ["-4", "-6"] {
+            while run(&["ip", "-n", ns, v, "route", "del", "default"]).is_ok() {}
+        }
         // Route between lab hosts through the host, on these interfaces
         // only: the host's global ip_forward is left alone.
         let fwd = format!("/proc/sys/net/ipv4/conf/{hi}/forwarding");

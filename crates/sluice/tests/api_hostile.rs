@@ -86,6 +86,7 @@ use Want::{Any2xx, Any4xx, Code};
 
 /// The JSON content type; `NO_CT` sends no Content-Type header at all.
 const J: &str = "application/json";
+const T: &str = "text/plain";
 const NO_CT: &str = "";
 
 /// One request and what it must get.
@@ -268,7 +269,8 @@ const ROUTES: &[Route] = &[
         body: Some(BodyRoute {
             method: "POST",
             str_field: "deny",
-            empty_object: Any2xx,
+            // A policy must say its version.
+            empty_object: Code(400),
             dup_body: r#"{"version":1,"version":1}"#,
             valid: r#"{"version":1}"#,
             positional: r#"[1]"#,
@@ -326,6 +328,19 @@ type Row = (
 /// (see `all_cases`).
 #[rustfmt::skip]
 const DENY_ROWS: &[Row] = &[
+    // POST /v1/{deny,allow}/import: text, all or nothing, errors name the line.
+    ("POST", "/v1/deny/import", J, "10.0.0.0/8\n", Code(415), "text/plain"),
+    ("POST", "/v1/deny/import", NO_CT, "10.0.0.0/8\n", Code(415), "text/plain"),
+    ("POST", "/v1/deny/import", T, "10.0.0.0/8\n10.0.0.0/33\n", Code(400), "line 2"),
+    ("POST", "/v1/deny/import", T, "# a\n10.0.0.0/8\n10.0.0.0/8\n", Code(400), "listed twice (first on line 2)"),
+    ("POST", "/v1/deny/import", T, "# only comments\n\n", Code(400), "no CIDRs"),
+    ("POST", "/v1/deny/import", T, "", Code(400), "no CIDRs"),
+    ("POST", "/v1/deny/import", T, "10.1.2.3/8\n", Code(400), "host bits"),
+    ("POST", "/v1/deny/import?bogus=1", T, "10.0.0.0/8\n", Code(400), "unknown field"),
+    ("POST", "/v1/deny/import?dst=maybe", T, "10.0.0.0/8\n", Code(400), ""),
+    ("POST", "/v1/deny/import?comment=a%0Ab", T, "10.0.0.0/8\n", Code(400), "control"),
+    ("POST", "/v1/allow/import", T, "10.0.0.0/8\nfe80::1%eth0\n", Code(400), "line 2"),
+    ("GET", "/v1/deny/import", NO_CT, "", Code(405), ""),
     ("POST", "/v1/deny", J, r#"{"cidr":"10.0.0.0/33"}"#, Code(400), "prefix length 33"),
     ("POST", "/v1/deny", J, r#"{"cidr":"::/129"}"#, Code(400), "prefix length 129"),
     ("POST", "/v1/deny", J, r#"{"cidr":"10.0.0.0/4294967296"}"#, Code(400), "invalid CIDR"),
@@ -528,30 +543,30 @@ const REDIRECT_ROWS: &[Row] = &[
 #[rustfmt::skip]
 const POLICY_ROWS: &[Row] = &[
     ("POST", "/v1/policy", J, r#"{"version":2}"#, Code(400), "version 2"),
-    ("POST", "/v1/policy", J, r#"{"version":0}"#, Code(400), "version 0"),
+    ("POST", "/v1/policy", J, r#"{"version":0}"#, Code(400), "no `version`"),
     ("POST", "/v1/policy", J, r#"{"version":-1}"#, Code(422), "version"),
     ("POST", "/v1/policy", J, r#"{"version":4294967296}"#, Code(422), "version"),
     ("POST", "/v1/policy", J, r#"{"version":"1"}"#, Code(422), "version"),
-    ("POST", "/v1/policy", J, r#"{"deny":[{"cidr":"198.18.90.0/24"}],"limit":[{"pps":0}]}"#, Code(400), "limit[1]"),
-    ("POST", "/v1/policy", J, r#"{"deny":[{"cidr":"198.18.90.0/24"},{"cidr":"10.0.0.0/33"}]}"#, Code(400), "deny[2]"),
-    ("POST", "/v1/policy", J, r#"{"deny":[{"cidr":"198.18.90.0/24"},{"cidr":"198.18.90.0/24"}]}"#, Code(400), "twice"),
-    ("POST", "/v1/policy", J, r#"{"allow":[{"cidr":"198.18.90.0/24","comment":"a\u0000b"}]}"#, Code(400), "allow[1]"),
-    ("POST", "/v1/policy", J, r#"{"limit":[{"pps":100,"src":"198.18.90.0/24"},{"pps":200,"src":"198.18.90.0/24"}]}"#, Code(400), "limit[2]"),
-    ("POST", "/v1/policy", J, r#"{"limit":[{"pps":18446744073709551616}]}"#, Code(422), "pps"),
-    ("POST", "/v1/policy", J, r#"{"forward":[{"match":"198.18.250.90:0","to":["198.18.2.2:80"]}]}"#, Code(400), "forward[1]"),
-    ("POST", "/v1/policy", J, r#"{"forward":[{"match":"198.18.250.90:80","to":["198.18.2.2:80"]},{"match":"198.18.250.90:80","to":["198.18.2.3:80"]}]}"#, Code(400), "forward[2]"),
-    ("POST", "/v1/policy", J, r#"{"redirect":[{"cidr":"198.18.90.0/24","iface":"../../etc/passwd"}]}"#, Code(400), "redirect[1]"),
-    ("POST", "/v1/policy", J, r#"{"probes":{"disabled":["bogus/x"]}}"#, Code(400), "probes.disabled[1]"),
-    ("POST", "/v1/policy", J, r#"{"probes":{"disabled":["xdp/..%2F..%2Fetc","xdp/../../etc"]}}"#, Code(400), "probes.disabled"),
-    ("POST", "/v1/policy", J, r#"{"probes":{"disabled":["xdp/sluicepol0","xdp/sluicepol0"]}}"#, Code(400), "twice"),
-    ("POST", "/v1/policy", J, r#"{"probes":{"disabled":"xdp/lo"}}"#, Code(422), "disabled"),
-    ("POST", "/v1/policy", J, r#"{"probes":{"enabled":[]}}"#, Code(422), "unknown field"),
-    ("POST", "/v1/policy", J, r#"{"deny":{"cidr":"198.18.90.0/24"}}"#, Code(422), "deny"),
-    ("POST", "/v1/policy", J, r#"{"limits":[]}"#, Code(422), "unknown field"),
-    ("POST", "/v1/policy", J, r#"{"deny":[{"cidr":"198.18.90.0/24","bogus":1}]}"#, Code(422), "bogus"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"deny":[{"cidr":"198.18.90.0/24"}],"limit":[{"pps":0}]}"#, Code(400), "limit[1]"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"deny":[{"cidr":"198.18.90.0/24"},{"cidr":"10.0.0.0/33"}]}"#, Code(400), "deny[2]"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"deny":[{"cidr":"198.18.90.0/24"},{"cidr":"198.18.90.0/24"}]}"#, Code(400), "twice"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"allow":[{"cidr":"198.18.90.0/24","comment":"a\u0000b"}]}"#, Code(400), "allow[1]"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"limit":[{"pps":100,"src":"198.18.90.0/24"},{"pps":200,"src":"198.18.90.0/24"}]}"#, Code(400), "limit[2]"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"limit":[{"pps":18446744073709551616}]}"#, Code(422), "pps"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"forward":[{"match":"198.18.250.90:0","to":["198.18.2.2:80"]}]}"#, Code(400), "forward[1]"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"forward":[{"match":"198.18.250.90:80","to":["198.18.2.2:80"]},{"match":"198.18.250.90:80","to":["198.18.2.3:80"]}]}"#, Code(400), "forward[2]"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"redirect":[{"cidr":"198.18.90.0/24","iface":"../../etc/passwd"}]}"#, Code(400), "redirect[1]"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"probes":{"disabled":["bogus/x"]}}"#, Code(400), "probes.disabled[1]"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"probes":{"disabled":["xdp/..%2F..%2Fetc","xdp/../../etc"]}}"#, Code(400), "probes.disabled"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"probes":{"disabled":["xdp/sluicepol0","xdp/sluicepol0"]}}"#, Code(400), "twice"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"probes":{"disabled":"xdp/lo"}}"#, Code(422), "disabled"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"probes":{"enabled":[]}}"#, Code(422), "unknown field"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"deny":{"cidr":"198.18.90.0/24"}}"#, Code(422), "deny"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"limits":[]}"#, Code(422), "unknown field"),
+    ("POST", "/v1/policy", J, r#"{"version":1,"deny":[{"cidr":"198.18.90.0/24","bogus":1}]}"#, Code(422), "bogus"),
     // Valid until a step fails (the interface does not exist): the deny
     // added, the probe disabled and the seeded rules removed are all undone.
-    ("POST", "/v1/policy", J, r#"{"deny":[{"cidr":"198.18.91.0/24"}],"probes":{"disabled":["xdp/sluicepol0"]},"redirect":[{"cidr":"198.18.91.0/24","iface":"nope0"}]}"#, Any4xx, ""),
+    ("POST", "/v1/policy", J, r#"{"version":1,"deny":[{"cidr":"198.18.91.0/24"}],"probes":{"disabled":["xdp/sluicepol0"]},"redirect":[{"cidr":"198.18.91.0/24","iface":"nope0"}]}"#, Any4xx, ""),
     ("POST", "/v1/policy?dry_run=maybe", J, r#"{"version":1}"#, Code(400), ""),
     ("POST", "/v1/policy?dry_run=1", J, r#"{"version":1}"#, Code(400), ""),
     ("POST", "/v1/policy?bogus=1", J, r#"{"version":1}"#, Code(400), "unknown field"),
@@ -845,11 +860,11 @@ fn generated_rows(seed: &Seed) -> Vec<Case> {
     let rules = |n: u32| (0..n).map(|i| json!({"cidr": format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)})).collect::<Vec<_>>();
     let mut deny = rules(30_000);
     deny.push(json!({"cidr": "nope"}));
-    v.push(Case::new("POST", "/v1/policy", J, json!({"deny": deny}).to_string(), Code(400), "deny[30001]"));
-    v.push(Case::new("POST", "/v1/policy", J, json!({"deny": rules(1500)}).to_string(), Code(400), "max_rules = 1000 in total"));
+    v.push(Case::new("POST", "/v1/policy", J, json!({"version": 1, "deny": deny}).to_string(), Code(400), "deny[30001]"));
+    v.push(Case::new("POST", "/v1/policy", J, json!({"version": 1, "deny": rules(1500)}).to_string(), Code(400), "max_rules = 1000 in total"));
     // The cap is for deny and allow together: 600 + 600 does not fit either.
-    v.push(Case::new("POST", "/v1/policy", J, json!({"deny": rules(600), "allow": rules(600)}).to_string(), Code(400), "1200 deny and allow rules"));
-    v.push(Case::new("POST", "/v1/policy", J, json!({"deny": [{"cidr": long(10_000, "x")}]}).to_string(), Code(400), "deny[1]"));
+    v.push(Case::new("POST", "/v1/policy", J, json!({"version": 1, "deny": rules(600), "allow": rules(600)}).to_string(), Code(400), "1200 deny and allow rules"));
+    v.push(Case::new("POST", "/v1/policy", J, json!({"version": 1, "deny": [{"cidr": long(10_000, "x")}]}).to_string(), Code(400), "deny[1]"));
 
     // Queries and paths that are merely long.
     v.push(Case::new("GET", format!("/v1/l7?proto={}", long(10_000, "h")), NO_CT, "", Code(400), "unknown protocol"));
@@ -877,7 +892,17 @@ fn all_cases(seed: &Seed) -> Vec<Case> {
             v.push(Case::new(m, p, ct, body, want, needle));
         }
     }
-    // Each list refuses its own duplicate.
+    // Each list refuses its own duplicate, in an import too, naming the line.
+    for (list, dup) in [("deny", "198.18.1.2"), ("allow", "198.18.0.0/15")] {
+        v.push(Case::new(
+            "POST",
+            format!("/v1/{list}/import"),
+            T,
+            format!("198.18.91.0/24\n{dup}\n"),
+            Code(409),
+            "line 2: rule already exists",
+        ));
+    }
     v.push(Case::new(
         "POST",
         "/v1/deny",
@@ -1433,9 +1458,9 @@ fn templates(path: &str) -> Vec<Value> {
             json!({"cidr": "2001:2:60::/48", "iface": "lo", "comment": "x"}),
         ],
         "/v1/policy" => vec![
-            json!({"deny": [{"cidr": "198.18.60.0/24"}], "limit": [{"pps": 100, "src": "198.18.60.0/24"}]}),
+            json!({"version": 1, "deny": [{"cidr": "198.18.60.0/24"}], "limit": [{"pps": 100, "src": "198.18.60.0/24"}]}),
             json!({"version": 1, "forward": [{"match": "198.18.250.60:80", "to": ["198.18.2.60:80"]}], "redirect": [{"cidr": "198.18.60.0/24", "iface": "lo"}]}),
-            json!({"allow": [{"cidr": "2001:2:60::/48", "dst": true}], "probes": {"disabled": ["xdp/sluicefuzz0"]}}),
+            json!({"version": 1, "allow": [{"cidr": "2001:2:60::/48", "dst": true}], "probes": {"disabled": ["xdp/sluicefuzz0"]}}),
         ],
         _ => vec![json!({"enabled": false})],
     }

@@ -1,8 +1,9 @@
 //! Tier 3: the guarded control plane of a real daemon. The optional TCP
-//! listener needs the bearer token from a 0600 file (401 without it), a
-//! non-loopback listener without a token and a token file others can read
-//! are refused before anything is touched, and the request-rate limit
-//! answers 429 and recovers. Needs root.
+//! listener needs the bearer token from a 0600 file (401 without it, the
+//! scheme in any case) and a Host header naming it (421 otherwise), a
+//! listener without a token (loopback included) and a token file others
+//! can read are refused before anything is touched, and the request-rate
+//! limit answers 429 and recovers. Needs root.
 
 mod common;
 
@@ -18,13 +19,19 @@ use common::{require_root, Daemon, PinDir, BIN};
 
 const TOKEN: &str = "s3cret-token-0123456789";
 
-/// One HTTP/1.0 request over TCP; returns (status, body).
+/// One HTTP/1.0 request over TCP with the listener's own Host; returns
+/// (status, body).
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: sluice\r\n{auth}\r\n").unwrap();
+    raw(addr, &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n"))
+}
+
+/// One raw request over TCP; returns (status, body).
+fn raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -78,6 +85,30 @@ fn the_tcp_listener_requires_the_token_and_requests_are_rate_limited() {
     let (code, body) = get(addr, "/v1/status", Some(TOKEN));
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"abi_version\""), "{body}");
+    // The scheme in any case; the Host must name this listener.
+    let req = |host: &str, scheme: &str| {
+        format!(
+            "GET /v1/status HTTP/1.1\r\nHost: {host}\r\nAuthorization: {scheme} {TOKEN}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    assert_eq!(raw(addr, &req(&addr.to_string(), "bearer")).0, 200);
+    assert_eq!(raw(addr, &req(&format!("localhost:{port}"), "BEARER")).0, 200);
+    for host in [
+        "sluice",
+        "evil.example:80",
+        &format!("127.0.0.1:{}", port + 1),
+        "",
+        "localhost",
+    ] {
+        let (code, body) = raw(addr, &req(host, "Bearer"));
+        assert_eq!(code, 421, "Host {host:?}: {body}");
+        assert!(body.contains("Host header"), "{body}");
+    }
+    let (code, _) = raw(
+        addr,
+        &format!("GET /v1/status HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+    );
+    assert_eq!(code, 421, "no Host at all");
 
     // 100 requests at once against a bucket of 40 (+20/s): some get 429,
     // as JSON errors; a second later requests pass again.
@@ -111,10 +142,12 @@ fn unsafe_listeners_are_refused_before_anything_is_touched() {
             .output()
             .unwrap()
     };
-    let out = run(&["--listen", "198.18.0.1:9443"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("refusing to listen on non-loopback"), "{err}");
+    for addr in ["198.18.0.1:9443", "127.0.0.1:9443", "[::1]:9443"] {
+        let out = run(&["--listen", addr]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("without a bearer token"), "{addr}: {err}");
+    }
 
     let loose = token_file(dir.path(), 0o644);
     let out = run(&["--listen", "127.0.0.1:9443", "--token-file", loose.to_str().unwrap()]);

@@ -1,8 +1,10 @@
 //! Tier 3: L7 visibility end to end. Real servers started by the test inside
-//! a lab namespace (an HTTP/1.1 server, redis-server, mariadbd), real
-//! clients in the other one (curl, redis-cli, the mariadb client, and raw
-//! sockets for pipelining), and the records read back from the audit log
-//! (`sluice l7`), the event stream and `/metrics`. Needs root.
+//! a lab namespace (an HTTP/1.1 server, an HTTP/1.0 server that closes after
+//! each response, redis-server, mariadbd), real clients in the other one
+//! (curl, redis-cli, the mariadb client, and raw sockets for pipelining),
+//! also through a forward to a virtual service address, and the records
+//! read back from the audit log (`sluice l7`), the event stream and
+//! `/metrics`. Needs root.
 
 mod common;
 
@@ -17,6 +19,20 @@ use common::{require_root, Daemon, LabGuard};
 use serde_json::Value;
 use sluice::lab::LabHost;
 
+/// Reads one request's head (request line and headers); its path, or
+/// None once the client closed.
+fn read_request_head(r: &mut impl BufRead) -> Option<String> {
+    let mut first = String::new();
+    if r.read_line(&mut first).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut line = String::new();
+    while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+        line.clear();
+    }
+    Some(first.split_whitespace().nth(1).unwrap_or("/").to_string())
+}
+
 /// A keep-alive HTTP/1.1 server: every request gets `200` (or `404` for
 /// paths starting with /missing) with a small body naming the path.
 fn http_server(host: &LabHost, addr: SocketAddr) {
@@ -27,16 +43,7 @@ fn http_server(host: &LabHost, addr: SocketAddr) {
             std::thread::spawn(move || {
                 let mut w = s.try_clone().unwrap();
                 let mut r = BufReader::new(s);
-                loop {
-                    let mut first = String::new();
-                    if r.read_line(&mut first).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut line = String::new();
-                    while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                        line.clear();
-                    }
-                    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                while let Some(path) = read_request_head(&mut r) {
                     let (code, text) = if path.starts_with("/missing") {
                         (404, "Not Found")
                     } else {
@@ -489,4 +496,173 @@ fn mysql_queries_errors_and_schema_changes_with_a_real_mariadb() {
     assert_eq!(r["server_port"], 13306);
     assert_eq!(r["response"]["kind"], "result_set", "{r}");
     assert_eq!(r["response"]["rows"], 1, "{r}");
+}
+
+/// An HTTP/1.0 server that answers without a length and closes: the close
+/// delimits every response. Paths starting with /slow are answered after
+/// `slow`.
+fn http10_close_server(host: &LabHost, addr: SocketAddr, slow: Duration) {
+    let l = host.in_netns(move || TcpListener::bind(addr)).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let Some(path) = read_request_head(&mut r) else { return };
+                if path.starts_with("/slow") {
+                    std::thread::sleep(slow);
+                }
+                let resp = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nyou asked for {path}\n");
+                let _ = w.write_all(resp.as_bytes());
+                // Dropping both halves closes the connection (FIN): the
+                // request was read whole, so nothing unread turns it into
+                // a RST.
+            });
+        }
+    });
+}
+
+/// One request on its own connection from `host`; the response as read
+/// until the server closed.
+fn get_until_close(host: &LabHost, to: SocketAddr, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.0\r\nHost: close\r\n\r\n");
+    host.in_netns(move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .unwrap()
+}
+
+fn path_of(r: &Value) -> &str {
+    r["request"]["path"].as_str().unwrap_or("?")
+}
+
+#[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
+fn a_close_delimited_response_is_recorded_at_the_fin_and_listed_in_request_order() {
+    require_root();
+    let lab = LabGuard::new("sl10", 102);
+    let d = Daemon::start("l7c", &["sl10-*"]);
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    let to = SocketAddr::new(b.ns_v4.into(), 80);
+    let slow = Duration::from_millis(700);
+    http10_close_server(b, to, slow);
+    wait_port(a, to, "the HTTP/1.0 server", Duration::from_secs(5));
+    // The probe connection of wait_port sent nothing: no record.
+
+    // /slow first; while it waits, /fast is asked and answered. /slow's
+    // record is finished last but its request came first.
+    let t0 = Instant::now();
+    let slow_client = {
+        let a = a.clone();
+        std::thread::spawn(move || get_until_close(&a, to, "/slow"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let fast = get_until_close(a, to, "/fast");
+    assert!(fast.starts_with("HTTP/1.0 200") && fast.ends_with("/fast\n"), "{fast}");
+    let slow_resp = slow_client.join().unwrap();
+    assert!(slow_resp.ends_with("/slow\n"), "{slow_resp}");
+    let answered = Instant::now();
+    assert!(answered - t0 >= slow);
+
+    // Both records within about a second of the close (the pipeline drains
+    // every 100 ms; the idle flush would take 30 s).
+    let recs = records_until(&d, "http", |v| v.len() >= 2);
+    let took = answered.elapsed();
+    assert_eq!(recs.len(), 2, "{recs:#?}");
+    assert!(took < Duration::from_millis(1500), "records after {took:?}");
+    let paths: Vec<&str> = recs.iter().map(path_of).collect();
+    assert_eq!(paths, vec!["/slow", "/fast"], "request order: {recs:#?}");
+    for r in &recs {
+        assert_eq!(r["status"], "200", "{r}");
+        assert_eq!(r["partial"], false, "{r}");
+        assert_eq!(r["server"], b.ns_v4.to_string());
+        assert!(r.get("target").is_none(), "not forwarded: {r}");
+        assert!(r["resp_bytes"].as_u64().unwrap() > 40, "{r}");
+        plausible(r);
+    }
+    let slow_ms = recs[0]["latency_ms"].as_f64().unwrap();
+    assert!(slow_ms >= slow.as_millis() as f64, "{slow_ms} ms");
+    assert!(recs[0]["ts_ns"].as_u64().unwrap() < recs[1]["ts_ns"].as_u64().unwrap());
+
+    // A later request lists after both.
+    get_until_close(a, to, "/later");
+    let recs = records(&d, "http", 3);
+    let paths: Vec<&str> = recs.iter().map(path_of).collect();
+    assert_eq!(paths, vec!["/slow", "/fast", "/later"], "{recs:#?}");
+}
+
+#[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
+fn a_forwarded_exchange_is_one_record_naming_the_service_and_the_target() {
+    require_root();
+    let lab = LabGuard::new("sl11", 103);
+    let d = Daemon::start("l7f", &["sl11-*"]);
+    let (a, b) = (lab.host('a'), lab.host('b'));
+    // The target listens on 8081, which no L7 list names; the service's
+    // port 80 is.
+    let cases = [
+        (
+            SocketAddr::new("198.18.250.71".parse().unwrap(), 80),
+            SocketAddr::new(b.ns_v4.into(), 8081),
+        ),
+        (
+            SocketAddr::new("2001:2:0:250::71".parse().unwrap(), 80),
+            SocketAddr::new(b.ns_v6.into(), 8081),
+        ),
+    ];
+    for (service, target) in cases {
+        http_server(b, target);
+        d.ok(&["forward", "add", &service.to_string(), &target.to_string()]);
+    }
+    let mut want = 0;
+    for (service, target) in cases {
+        let url = |p: &str| format!("http://{}{p}", service);
+        let client = if service.is_ipv4() {
+            a.ns_v4.to_string()
+        } else {
+            a.ns_v6.to_string()
+        };
+        // Two requests on one kept-alive connection, then one more on
+        // another.
+        run_ok(nsenter(
+            a,
+            &["curl", "-sS", "-o", "/dev/null", &url("/one"), &url("/two")],
+        ));
+        run_ok(nsenter(a, &["curl", "-sS", "-o", "/dev/null", &url("/missing")]));
+        want += 3;
+        let recs = records(&d, "http", want);
+        // Half records come at once (a response without its request) or at
+        // the close (a request without response): give them the time.
+        std::thread::sleep(Duration::from_millis(500));
+        let recs_later = d.json(&["l7", "--proto", "http"]);
+        assert_eq!(recs_later.as_array().unwrap(), &recs, "nothing more comes");
+        let ours = &recs[want - 3..];
+        let got: Vec<(&str, &str)> = ours
+            .iter()
+            .map(|r| (path_of(r), r["status"].as_str().unwrap_or("?")))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("/one", "200"), ("/two", "200"), ("/missing", "404")],
+            "one record per exchange, request and response paired: {recs:#?}"
+        );
+        for r in ours {
+            assert_eq!(r["partial"], false, "{r}");
+            assert_eq!(r["client"], client, "{r}");
+            assert_eq!(r["server"], service.ip().to_string(), "the address dialled: {r}");
+            assert_eq!(r["server_port"], 80);
+            assert_eq!(r["target"], target.ip().to_string(), "and who answered: {r}");
+            assert_eq!(r["target_port"], 8081);
+            plausible(r);
+        }
+        // The text listing names both.
+        let text = d.ok(&["l7", "--proto", "http"]);
+        assert!(text.contains(&format!("-> {service} (target {target})")), "{text}");
+    }
 }

@@ -7,7 +7,19 @@ mod common;
 
 use common::*;
 
+/// Writes a policy file, with the `version = 1` line every policy needs
+/// unless `text` (an export) has it already.
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let text = if text.contains("\nversion = ") || text.starts_with("version = ") {
+        text.to_string()
+    } else {
+        format!("version = 1\n{text}")
+    };
+    write_raw(dir, name, &text)
+}
+
+/// Writes `text` as it is.
+fn write_raw(dir: &std::path::Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.display().to_string()
@@ -133,13 +145,8 @@ fn export_apply_round_trip_dry_run_diff_and_all_or_nothing() {
     // All or nothing: the last step (enabling xdp on a) fails because
     // another owner's XDP program took the hook meanwhile; every earlier
     // step of the apply (a deny added, a limit removed) is undone.
-    let other = PinDir::new("q1other");
-    std::fs::create_dir_all(&other.0).unwrap();
-    let mut obj = aya::EbpfLoader::new()
-        .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::objects::XDP_OBJ)
-        .unwrap();
-    let xdp: &mut aya::programs::Xdp = obj.program_mut(sluice_abi::xdp::PROGRAM).unwrap().try_into().unwrap();
+    let mut obj = aya::Ebpf::load(sluice::dataplane::objects::OTHER_OBJ).unwrap();
+    let xdp: &mut aya::programs::Xdp = obj.program_mut("other_xdp").unwrap().try_into().unwrap();
     xdp.load().unwrap();
     xdp.attach(&a.host_if, aya::programs::XdpMode::Skb).unwrap();
     let text3 = text2_export
@@ -191,7 +198,7 @@ fn export_apply_round_trip_dry_run_diff_and_all_or_nothing() {
     // Bad files: one clear line naming the place, nothing changed.
     for (text, why) in [
         ("[[deny]]\ncidr = \"10.0.0.0/33\"\n", "deny[1]"),
-        ("[[deny]\ncidr = 1\n", "line 1"),
+        ("[[deny]\ncidr = 1\n", "line 2"), // after the version line
         ("[[deny]]\ncidr = \"10.0.0.0/8\"\nports = 3\n", "unknown field `ports`"),
         ("[probes]\ndisabled = [\"xdp/../../x\"]\n", "probes.disabled[1]"),
     ] {
@@ -205,9 +212,32 @@ fn export_apply_round_trip_dry_run_diff_and_all_or_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(d.ok(&["export"]), text2_export);
 
-    // An empty policy clears everything, and enables every probe.
+    // A file without `version` (here: an empty one) is refused whole.
+    let blank = write_raw(dir.path(), "blank.toml", "");
+    let out = d.cli(&["apply", "-f", &blank]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the policy has no `version`"), "{err}");
+    assert_eq!(d.ok(&["export"]), text2_export);
+    // A policy with no rules removes them all only when asked to, and the
+    // dry run says the same.
     let empty = write(dir.path(), "empty.toml", "");
-    let out = d.ok(&["apply", "-f", &empty]);
+    for dry in [true, false] {
+        let mut args = vec!["apply", "-f", &empty];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = d.cli(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("would remove all 6 rules in force; nothing was changed (pass --allow-empty"),
+            "{err}"
+        );
+    }
+    assert_eq!(d.ok(&["export"]), text2_export);
+    // Asked explicitly: it clears everything, and enables every probe.
+    let out = d.ok(&["apply", "-f", &empty, "--allow-empty"]);
     assert!(out.contains("applied: 0 added, 6 removed, 1 changed"), "{out}");
     assert!(ping(a, &a.host_v4.to_string()) && ping(b, &b.host_v4.to_string()));
     for list in ["deny", "allow", "limit", "forward", "redirect"] {

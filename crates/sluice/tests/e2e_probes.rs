@@ -189,13 +189,8 @@ fn disabled_probes_stop_at_once_stay_off_across_restarts_and_enable_again() {
     // interface, then a rename to a name whose XDP probe is enabled. sluice
     // does not replace the program: its XDP probe there is "failed" (not
     // "disabled": nobody disabled it), and the TC hooks still toggle.
-    let other = PinDir::new("p1other");
-    std::fs::create_dir_all(&other.0).unwrap();
-    let mut obj = aya::EbpfLoader::new()
-        .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::objects::XDP_OBJ)
-        .unwrap();
-    let prog: &mut aya::programs::Xdp = obj.program_mut(sluice_abi::xdp::PROGRAM).unwrap().try_into().unwrap();
+    let mut obj = aya::Ebpf::load(sluice::dataplane::objects::OTHER_OBJ).unwrap();
+    let prog: &mut aya::programs::Xdp = obj.program_mut("other_xdp").unwrap().try_into().unwrap();
     prog.load().unwrap();
     prog.attach(&later, aya::programs::XdpMode::Skb).unwrap();
     let renamed = "sp1-y";
@@ -253,27 +248,14 @@ fn foreign_xdp_and_tc_programs_are_listed_and_never_replaced() {
     let (a, b) = (lab.host('a'), lab.host('b'));
     // Another owner's XDP program on b (generic mode), and a legacy cls_bpf
     // filter on a's clsact ingress, both before sluice starts.
-    let other = PinDir::new("p2other");
-    std::fs::create_dir_all(&other.0).unwrap();
-    let mut xdp_obj = aya::EbpfLoader::new()
-        .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::objects::XDP_OBJ)
-        .unwrap();
-    let xdp: &mut aya::programs::Xdp = xdp_obj
-        .program_mut(sluice_abi::xdp::PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let mut xdp_obj = aya::Ebpf::load(sluice::dataplane::objects::OTHER_OBJ).unwrap();
+    let xdp: &mut aya::programs::Xdp = xdp_obj.program_mut("other_xdp").unwrap().try_into().unwrap();
     xdp.load().unwrap();
     xdp.attach(&b.host_if, aya::programs::XdpMode::Skb).unwrap();
     let foreign_xdp = xdp.info().unwrap().id();
-    let mut tc_obj = aya::EbpfLoader::new()
-        .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::objects::TC_OBJ)
-        .unwrap();
+    let mut tc_obj = aya::Ebpf::load(sluice::dataplane::objects::OTHER_OBJ).unwrap();
     let _ = aya::programs::tc::qdisc_add_clsact(&a.host_if);
-    let tc: &mut aya::programs::SchedClassifier =
-        tc_obj.program_mut(sluice_abi::tc::EGRESS).unwrap().try_into().unwrap();
+    let tc: &mut aya::programs::SchedClassifier = tc_obj.program_mut("other_tc").unwrap().try_into().unwrap();
     tc.load().unwrap();
     tc.attach_with_options(
         &a.host_if,
@@ -315,16 +297,13 @@ fn foreign_xdp_and_tc_programs_are_listed_and_never_replaced() {
     // fails, and the undo puts b back as it was (unmanaged, failed).
     let (xdp_a, xdp_b) = (format!("xdp/{}", a.host_if), format!("xdp/{}", b.host_if));
     d.ok(&["probes", "disable", &xdp_a]);
-    let mut obj_a = aya::EbpfLoader::new()
-        .default_map_pin_directory(&other.0)
-        .load(sluice::dataplane::objects::XDP_OBJ)
-        .unwrap();
-    let xa: &mut aya::programs::Xdp = obj_a.program_mut(sluice_abi::xdp::PROGRAM).unwrap().try_into().unwrap();
+    let mut obj_a = aya::Ebpf::load(sluice::dataplane::objects::OTHER_OBJ).unwrap();
+    let xa: &mut aya::programs::Xdp = obj_a.program_mut("other_xdp").unwrap().try_into().unwrap();
     xa.load().unwrap();
     xa.attach(&a.host_if, aya::programs::XdpMode::Skb).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pol = dir.path().join("p.toml");
-    std::fs::write(&pol, format!("[probes]\ndisabled = [\"{xdp_b}\"]\n")).unwrap();
+    std::fs::write(&pol, format!("version = 1\n[probes]\ndisabled = [\"{xdp_b}\"]\n")).unwrap();
     let out = d.cli(&["apply", "-f", pol.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

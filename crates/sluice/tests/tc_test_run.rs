@@ -4,6 +4,7 @@
 //! independent parser and checksum implementation (`sluice_proto::verify`),
 //! and frames that must not be touched (fragments, routing headers,
 //! truncated headers, unrelated traffic) must come back byte-identical.
+//! The L7 capture of forwarded flows is read back from the event ring.
 //! Needs root.
 
 mod common;
@@ -13,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use aya::programs::{TestRun, TestRunOptions};
 use common::{require_root, PinDir};
 use sluice::{
-    dataplane::{Capacity, Dataplane},
+    dataplane::{Capacity, Dataplane, EventMaps, L7CaptureMaps},
     forward::{ForwardRequest, Forwarder, RedirectRequest},
     store::Store,
 };
@@ -29,6 +30,8 @@ const TC_ACT_REDIRECT: u32 = 7;
 struct Fixture {
     dp: Dataplane,
     fwd: Forwarder,
+    l7: L7CaptureMaps,
+    events: EventMaps,
     _pins: PinDir,
 }
 
@@ -52,7 +55,13 @@ impl Fixture {
             })
             .unwrap();
         }
-        Fixture { dp, fwd, _pins: pins }
+        Fixture {
+            dp,
+            fwd,
+            l7: maps.l7,
+            events: maps.events,
+            _pins: pins,
+        }
     }
 
     /// Runs `frame` through ingress (or egress) and returns (verdict, frame out).
@@ -499,4 +508,83 @@ fn a_direct_connection_reusing_an_old_forwarded_tuple_is_not_hijacked() {
     // And a new forwarded connection on that port works again.
     f.run(&syn(service), true);
     assert_eq!(ends(&checked(&f.run(&synack, true).1)).0, service);
+}
+
+#[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
+fn l7_captures_of_a_forwarded_flow_carry_the_translation_and_the_fin() {
+    use sluice::visibility::l7::{decode_segment, Assembler, Segment, Xlat, TCP_FIN};
+    use sluice_proto::l7::{Dir, Summary};
+    // The targets listen on 8080, which no L7 list names: their replies are
+    // matched as coming from the service's port 80.
+    let mut f = Fixture::new(&[
+        ("198.18.9.9:80", &["198.18.2.2:8080"]),
+        ("[2001:2:0:99::9]:80", &["[2001:2:0:2::2]:8080"]),
+    ]);
+    f.l7.configure(1024, false, &[(80, sluice_abi::l7::HTTP)]).unwrap();
+    let mut ring = f.events.take_ring().unwrap();
+    for (client, service, target) in [
+        ("198.18.1.2:40000", "198.18.9.9:80", "198.18.2.2:8080"),
+        ("[2001:2:0:1::2]:40000", "[2001:2:0:99::9]:80", "[2001:2:0:2::2]:8080"),
+    ] {
+        let (client, service, target) = (sa(client), sa(service), sa(target));
+        let tcp = |src: SocketAddr, dst: SocketAddr, flags: u8, payload: &[u8]| {
+            Packet::new(
+                src.ip(),
+                dst.ip(),
+                L4::Tcp {
+                    sport: src.port(),
+                    dport: dst.port(),
+                    flags,
+                },
+            )
+            .with_payload(payload)
+            .build()
+        };
+        let (req, resp) = (b"GET /fwd HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nuntil the close");
+        f.run(&tcp(client, service, 0x02, b""), true); // SYN: the flow
+        f.run(&tcp(client, service, 0x18, req), true);
+        f.run(&tcp(target, client, 0x18, resp), true);
+        f.run(&tcp(target, client, 0x10, b""), true); // a pure ACK: nothing
+        f.run(&tcp(target, client, 0x11, b""), true); // FIN
+        let mut segs: Vec<Segment> = Vec::new();
+        ring.poll(100, |b| segs.push(decode_segment(b).expect("a well-formed capture")));
+        let got: Vec<_> = segs
+            .iter()
+            .map(|s| (s.dir, s.src, s.dst, s.xlat, s.payload_len, s.tcp_flags & TCP_FIN))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Dir::ToServer,
+                    client,
+                    service,
+                    Some(Xlat::Dnat { target }),
+                    req.len() as u32,
+                    0
+                ),
+                (
+                    Dir::ToClient,
+                    target,
+                    client,
+                    Some(Xlat::Snat { service }),
+                    resp.len() as u32,
+                    0
+                ),
+                (Dir::ToClient, target, client, Some(Xlat::Snat { service }), 0, TCP_FIN),
+            ],
+            "request, reply and FIN, each with the flow's translation"
+        );
+        // The daemon's reassembly makes one record of them, at the FIN.
+        let mut a = Assembler::new();
+        let done: Vec<_> = segs.into_iter().flat_map(|s| a.segment(s)).collect();
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!((done[0].server, done[0].target), (service, Some(target)));
+        assert!(matches!(
+            done[0].exchange.response,
+            Some(Summary::HttpResponse { status: 200, .. })
+        ));
+        assert!(!done[0].exchange.partial);
+    }
 }

@@ -120,6 +120,77 @@ fn object_names_match_the_abi_mirror() {
     assert_names(GEN_OBJ, &[gen::CONFIG], &[gen::PROGRAM]);
 }
 
+/// Runs `frame` through `dp`'s XDP program.
+fn run_on(dp: &mut Dataplane, frame: &[u8]) -> u32 {
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..Default::default()
+    };
+    dp.xdp_program().test_run(opts).expect("test_run").return_value
+}
+
+#[test]
+#[ignore = "needs root (BPF, namespaces): make test runs it"]
+fn an_import_is_in_force_all_at_once_and_pending_entries_answer_as_before() {
+    // Existing rules: deny 10/8 and 2001:2::/32, allow 10.1.0.0/16 (allow
+    // wins). The import: deny prefixes inside, across and outside them,
+    // and allow entries inside a deny.
+    let mut f = Fixture::new(&[
+        (Action::Deny, "10.0.0.0/8", false),
+        (Action::Deny, "2001:2::/32", false),
+        (Action::Allow, "10.1.0.0/16", false),
+    ]);
+    let import: Vec<RuleSpec> = [
+        (Action::Deny, "10.1.2.0/24"),
+        (Action::Deny, "192.0.2.0/24"),
+        (Action::Deny, "192.0.2.7"),
+        (Action::Deny, "2001:2:0:9::/64"),
+        (Action::Deny, "2001:db8::/32"),
+        (Action::Allow, "10.9.0.0/16"),
+        (Action::Allow, "2001:2:0:7::/64"),
+    ]
+    .iter()
+    .map(|(a, c)| RuleSpec::new(*a, c, false, None).unwrap())
+    .collect();
+    // (source, verdict before, verdict after)
+    let cases = [
+        ("10.1.2.3", XDP_PASS, XDP_PASS),   // allow 10.1/16 still wins
+        ("10.2.0.1", XDP_DROP, XDP_DROP),   // deny 10/8, untouched
+        ("10.9.0.1", XDP_DROP, XDP_PASS),   // the imported allow
+        ("192.0.2.7", XDP_PASS, XDP_DROP),  // new deny, and a longer one inside it
+        ("192.0.2.99", XDP_PASS, XDP_DROP), // new deny
+        ("198.18.0.1", XDP_PASS, XDP_PASS), // nothing
+        ("2001:2:0:9::1", XDP_DROP, XDP_DROP),
+        ("2001:2:0:7::1", XDP_DROP, XDP_PASS),
+        ("2001:db8::1", XDP_PASS, XDP_DROP),
+    ];
+    let frame = |src: &str| {
+        let dst = if src.contains(':') {
+            "2001:2:0:ffff::2"
+        } else {
+            "198.18.2.2"
+        };
+        tcp(src, dst).build()
+    };
+    let Fixture { dp, fw, .. } = &mut f;
+    let mut pending = Vec::new();
+    fw.add_paused(import, || {
+        // Every entry is in the kernel now, pending: nothing may show.
+        for (src, _, _) in cases {
+            pending.push(run_on(dp, &frame(src)));
+        }
+    })
+    .unwrap();
+    let before: Vec<u32> = cases.iter().map(|c| c.1).collect();
+    assert_eq!(pending, before, "verdicts while the import is pending");
+    let after: Vec<u32> = cases.iter().map(|(src, _, _)| run_on(&mut f.dp, &frame(src))).collect();
+    assert_eq!(
+        after,
+        cases.iter().map(|c| c.2).collect::<Vec<_>>(),
+        "verdicts once in force"
+    );
+}
+
 #[test]
 #[ignore = "needs root (BPF, namespaces): make test runs it"]
 fn deny_and_allow_ipv4_and_ipv6_by_source_and_destination() {

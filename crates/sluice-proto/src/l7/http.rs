@@ -750,6 +750,41 @@ mod tests {
     }
 
     #[test]
+    fn the_servers_fin_completes_a_close_delimited_response_at_once() {
+        let c2s = b"GET /old HTTP/1.0\r\n\r\nGET /never HTTP/1.0\r\n\r\n";
+        let s2c = b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\nbody bytes until the end";
+        let mut c = Conn::new(Proto::Http);
+        assert!(c.feed(Dir::ToServer, 1, c2s).is_empty());
+        assert!(c.end(Dir::ToServer).is_empty(), "the client's FIN ends no response");
+        assert!(c.feed(Dir::ToClient, 2, s2c).is_empty());
+        let out = c.end(Dir::ToClient);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((req(&out[0]).1, status(&out[0])), ("/old", 200));
+        assert_eq!(out[0].resp_bytes, s2c.len() as u64);
+        assert_eq!(out[0].latency_ns(), Some(1));
+        assert!(!out[0].partial);
+        // The server closed: the second request gets no answer on this
+        // connection.
+        assert_eq!(req(&out[1]).1, "/never");
+        assert!(out[1].response.is_none() && out[1].partial);
+        assert_eq!(c.pending(), 0);
+        assert!(c.flush().is_empty(), "nothing is reported twice");
+
+        // A response with a length is complete without the FIN; a body cut
+        // short by the FIN is partial.
+        let mut c = Conn::new(Proto::Http);
+        c.feed(Dir::ToServer, 1, b"GET /a HTTP/1.1\r\n\r\n");
+        let out = c.feed(Dir::ToClient, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(out.len(), 1);
+        assert!(c.end(Dir::ToClient).is_empty());
+        c.feed(Dir::ToServer, 3, b"GET /b HTTP/1.1\r\n\r\n");
+        c.feed(Dir::ToClient, 4, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort");
+        let out = c.end(Dir::ToClient);
+        assert_eq!(out.len(), 1);
+        assert_eq!((req(&out[0]).1, status(&out[0]), out[0].partial), ("/b", 200, true));
+    }
+
+    #[test]
     fn flush_returns_pending_requests() {
         let mut c = Conn::new(Proto::Http);
         c.feed(

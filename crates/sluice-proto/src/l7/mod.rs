@@ -3,8 +3,9 @@
 //! with gaps) into request/response [`Exchange`]s.
 //!
 //! One [`Conn`] per connection and protocol consumes both directions with
-//! [`Conn::feed`], is told about lost bytes with [`Conn::gap`] and is drained
-//! with [`Conn::flush`] when the connection closes. Each direction is parsed
+//! [`Conn::feed`], is told about lost bytes with [`Conn::gap`] and about
+//! the end of a direction (a TCP FIN) with [`Conn::end`], and is drained
+//! with [`Conn::flush`] when the connection is forgotten. Each direction is parsed
 //! incrementally: whatever is not yet a complete unit (an HTTP header block, a
 //! RESP line, a MySQL packet header and the first bytes of its payload) is
 //! kept in a per-direction buffer of at most [`MAX_BUFFER`] bytes, and bodies,
@@ -219,6 +220,19 @@ impl Conn {
         }
     }
 
+    /// The sender of `dir` closed its side (a TCP FIN, after every byte fed
+    /// so far): a message delimited by the close (an HTTP response without
+    /// a length) is complete, one cut short is returned partial. When the
+    /// server's side ends, the requests still waiting can get no response
+    /// and are returned without one. The other direction goes on.
+    pub fn end(&mut self, dir: Dir) -> Vec<Exchange> {
+        match &mut self.inner {
+            Inner::Http(c) => c.end(dir),
+            Inner::Redis(c) => c.end(dir),
+            Inner::Mysql(c) => c.end(dir),
+        }
+    }
+
     /// Connection closed or evicted: completes a response delimited by the
     /// close (HTTP/1.0 style), returns whatever was in flight as partial and
     /// pending requests as exchanges without response (partial). The parser
@@ -355,6 +369,17 @@ impl<P: Parser> Duplex<P> {
             Dir::ToServer => self.client.gap(&mut self.sh, len),
             Dir::ToClient => self.server.gap(&mut self.sh, len),
         }
+    }
+
+    pub fn end(&mut self, dir: Dir) -> Vec<Exchange> {
+        match dir {
+            Dir::ToServer => self.client.flush(&mut self.sh),
+            Dir::ToClient => {
+                self.server.flush(&mut self.sh);
+                P::pairer(&mut self.sh).flush();
+            }
+        }
+        P::pairer(&mut self.sh).take()
     }
 
     pub fn flush(&mut self) -> Vec<Exchange> {
@@ -559,6 +584,9 @@ pub(crate) mod testutil {
                 0 => c.gap(dir, gap),
                 1 => {
                     c.flush();
+                }
+                2 => {
+                    c.end(dir);
                 }
                 _ => {
                     c.feed(dir, i as u64, &data);

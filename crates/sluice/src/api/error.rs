@@ -111,7 +111,7 @@ impl From<PolicyError> for ApiError {
     fn from(e: PolicyError) -> Self {
         let code = match &e {
             PolicyError::Invalid(_) => StatusCode::BAD_REQUEST,
-            PolicyError::Failed(_) => StatusCode::CONFLICT,
+            PolicyError::Failed(_) | PolicyError::Empty(_) => StatusCode::CONFLICT,
             PolicyError::Partial(..) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if code == StatusCode::INTERNAL_SERVER_ERROR {

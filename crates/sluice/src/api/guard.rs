@@ -1,6 +1,9 @@
 //! Guards in front of the API: a request-rate limit shared by every
 //! listener (excess requests get 429), and, on the optional TCP listener, a
-//! bearer token read from a file (missing or wrong tokens get 401). The
+//! bearer token read from a file (missing or wrong tokens get 401; the
+//! scheme is matched in any case) and a `Host` header that must name the
+//! listener itself (anything else gets 421: a web page a browser fetched
+//! from some other name, as in DNS rebinding, never reaches the API). The
 //! token is compared in constant time and never logged.
 
 use std::{
@@ -56,6 +59,24 @@ pub struct Guard {
     pub limit: Arc<RateLimit>,
     /// Required bearer token (TCP listener); None on the unix socket.
     pub token: Option<Arc<str>>,
+    /// `Host` values that name this listener (TCP); None on the unix socket.
+    pub hosts: Option<Arc<[String]>>,
+}
+
+/// The `Host` values that name a TCP listener: its address and port, and
+/// for a loopback address also `localhost`, all lowercase.
+pub fn listener_hosts(addr: std::net::SocketAddr) -> Arc<[String]> {
+    let mut v = vec![addr.to_string()];
+    if addr.ip().is_loopback() {
+        v.push(format!("localhost:{}", addr.port()));
+    }
+    v.into()
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header (scheme in any case).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -64,12 +85,26 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    if let Some(hosts) = &g.hosts {
+        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+        if !host.is_some_and(|h| hosts.iter().any(|ok| ok.eq_ignore_ascii_case(h.trim()))) {
+            return ApiError(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "the Host header must name this listener ({}); got {:?}",
+                    hosts.join(" or "),
+                    host.unwrap_or("none")
+                ),
+            )
+            .into_response();
+        }
+    }
     if let Some(token) = &g.token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer);
         if !given.is_some_and(|t| same(t.as_bytes(), token.as_bytes())) {
             let mut r = ApiError(
                 StatusCode::UNAUTHORIZED,
@@ -129,6 +164,21 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(250));
         let n = (0..10).filter(|_| l.allow()).count();
         assert!((2..=3).contains(&n), "about 2.5 tokens refilled, got {n}");
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case_and_hosts_of_a_listener() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+        let h = listener_hosts("127.0.0.1:7780".parse().unwrap());
+        assert_eq!(&*h, ["127.0.0.1:7780", "localhost:7780"]);
+        let h = listener_hosts("[::1]:7780".parse().unwrap());
+        assert_eq!(&*h, ["[::1]:7780", "localhost:7780"]);
+        let h = listener_hosts("198.18.0.1:7780".parse().unwrap());
+        assert_eq!(&*h, ["198.18.0.1:7780"]);
     }
 
     #[test]

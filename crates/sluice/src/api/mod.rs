@@ -45,6 +45,10 @@ pub const MAX_POLICY_BODY: usize = 32 << 20;
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most rules one request may add.
 pub const MAX_BATCH: usize = 100_000;
+/// Largest import body (`POST /v1/deny/import`): about three million lines.
+pub const MAX_IMPORT_BODY: usize = 64 << 20;
+/// Time a client has to send an import body.
+pub const IMPORT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub type AppState = Arc<Ctl>;
 

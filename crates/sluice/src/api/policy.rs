@@ -1,5 +1,7 @@
 //! The policy routes: `GET /v1/policy` (export) and
-//! `POST /v1/policy[?dry_run=true]` (apply, all or nothing).
+//! `POST /v1/policy[?dry_run=true][&allow_empty=true]` (apply, all or
+//! nothing; a policy with no rules may remove every rule only with
+//! `allow_empty`).
 
 use axum::{extract::DefaultBodyLimit, extract::State, routing::get, Router};
 
@@ -25,6 +27,9 @@ async fn export_policy(State(s): State<AppState>) -> ApiResult<Json<Policy>> {
 struct ApplyQuery {
     #[serde(default)]
     dry_run: bool,
+    /// A policy with no rules may remove every rule in force.
+    #[serde(default)]
+    allow_empty: bool,
 }
 
 /// `POST /v1/policy[?dry_run=true]`: makes the rule set equal to the body,
@@ -35,7 +40,11 @@ async fn apply_policy(
     Json(p): Json<Policy>,
 ) -> ApiResult<Json<PolicyDiff>> {
     blocking(move || {
-        let d = policy::apply(&s, &p, q.dry_run)?;
+        let opts = policy::ApplyOptions {
+            dry_run: q.dry_run,
+            allow_empty: q.allow_empty,
+        };
+        let d = policy::apply(&s, &p, opts)?;
         if d.applied {
             tracing::info!(
                 added = d.added.len(),

@@ -3,16 +3,19 @@
 //! capability's controller off the async workers, and renders the view.
 
 use axum::{
-    extract::State,
+    extract::{DefaultBodyLimit, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{delete, get},
+    routing::{delete, get, post},
     Router,
 };
 
-use super::{blocking, types::*, ApiError, ApiResult, AppState, Json, Path, Query, MAX_BATCH};
+use super::{
+    blocking, types::*, ApiError, ApiResult, AppState, Json, Path, Query, IMPORT_READ_TIMEOUT, MAX_BATCH,
+    MAX_IMPORT_BODY,
+};
 use crate::{
-    firewall::{Action, Direction, RuleRequest, RuleSpec, Selector},
+    firewall::{Action, Direction, RuleKey, RuleRequest, RuleSpec, Selector},
     forward::{ForwardRequest, RedirectRequest},
     limits::LimitRequest,
     model::CidrError,
@@ -57,6 +60,120 @@ fn rule_routes(action: Action) -> Router<AppState> {
             &format!("{base}/{{id}}"),
             delete(move |State(s): State<AppState>, Path(id): Path<i64>| delete_rule(s, action, Selector::Id(id))),
         )
+        .route(
+            &format!("{base}/import"),
+            post(
+                move |State(s): State<AppState>, Query(q): Query<ImportQuery>, req: axum::extract::Request| {
+                    import_rules(s, action, q, req)
+                },
+            )
+            .layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)),
+        )
+}
+
+/// `POST /v1/{deny,allow}/import`: one request, one store transaction, one
+/// switch in the kernel: every rule of the body is in force, or none is.
+/// Lines are validated in full first; every error names its line.
+async fn import_rules(
+    s: AppState,
+    action: Action,
+    q: ImportQuery,
+    req: axum::extract::Request,
+) -> ApiResult<(StatusCode, Json<ImportView>)> {
+    let nothing = |e: String| format!("{e}; nothing was imported");
+    let text_plain = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .is_some_and(|m| m.type_() == mime::TEXT && m.subtype() == mime::PLAIN);
+    if !text_plain {
+        return Err(ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an import is text/plain: one CIDR per line, # comments".into(),
+        ));
+    }
+    let body = tokio::time::timeout(
+        IMPORT_READ_TIMEOUT,
+        axum::body::to_bytes(req.into_body(), MAX_IMPORT_BODY),
+    )
+    .await
+    .map_err(|_| {
+        ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            nothing(format!("the import did not arrive within {IMPORT_READ_TIMEOUT:?}")),
+        )
+    })?
+    .map_err(|_| {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            nothing(format!("the import is larger than {MAX_IMPORT_BODY} bytes; split it")),
+        )
+    })?;
+    let started = std::time::Instant::now();
+    let (specs, lines) = parse_import(action, &body, &q).map_err(|e| ApiError::bad_request(nothing(e)))?;
+    let view = blocking(move || {
+        let mut fw = s.fw.lock().unwrap();
+        for (spec, line) in specs.iter().zip(&lines) {
+            if let Some(r) = fw.find(&spec.key()) {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    nothing(format!(
+                        "line {line}: rule already exists: {} (id {})",
+                        spec.key().describe(),
+                        r.id
+                    )),
+                ));
+            }
+        }
+        let added = fw.add(specs).map_err(|e| {
+            let ApiError(code, msg) = ApiError::from(e);
+            ApiError(code, nothing(msg))
+        })?;
+        Ok(ImportView {
+            action: action.as_str().into(),
+            imported: added.len(),
+            first_id: added.first().map_or(0, |r| r.id),
+            last_id: added.last().map_or(0, |r| r.id),
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    })
+    .await?;
+    tracing::info!(
+        action = action.as_str(),
+        rules = view.imported,
+        ms = view.duration_ms,
+        "import in force"
+    );
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The body's rules with their line numbers; an error names the line.
+fn parse_import(action: Action, body: &[u8], q: &ImportQuery) -> Result<(Vec<RuleSpec>, Vec<usize>), String> {
+    let mut specs = Vec::new();
+    let mut lines = Vec::new();
+    let mut first_line: std::collections::HashMap<RuleKey, usize> = std::collections::HashMap::new();
+    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
+        let n = i + 1;
+        let line = std::str::from_utf8(raw).map_err(|_| format!("line {n} is not UTF-8"))?;
+        let cidr = line.split('#').next().unwrap_or("").trim();
+        if cidr.is_empty() {
+            continue;
+        }
+        let spec = RuleSpec::new(action, cidr, q.dst, q.comment.clone()).map_err(|e| format!("line {n}: {e}"))?;
+        if let Some(first) = first_line.insert(spec.key(), n) {
+            return Err(format!(
+                "line {n}: {} is listed twice (first on line {first})",
+                spec.key().describe()
+            ));
+        }
+        specs.push(spec);
+        lines.push(n);
+    }
+    if specs.is_empty() {
+        return Err("the import holds no CIDRs".into());
+    }
+    Ok((specs, lines))
 }
 
 async fn list_rules(s: AppState, action: Action) -> ApiResult<Json<Vec<RuleView>>> {
@@ -184,4 +301,32 @@ async fn delete_limit(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResu
         Ok(Json(LimitView::new(&l, Default::default())))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_name_the_line_of_every_error() {
+        let q = ImportQuery::default();
+        let ok = parse_import(Action::Deny, b"# list\n10.0.0.0/8\r\n\n2001:2::/48 # v6\n", &q).unwrap();
+        assert_eq!(ok.1, vec![2, 4]);
+        assert_eq!(ok.0[1].cidr.to_string(), "2001:2::/48");
+        for (body, why) in [
+            (&b"10.0.0.0/8\n\xff\xfe\n"[..], "line 2 is not UTF-8"),
+            (
+                b"10.0.0.0/8\n10.0.0.0/08\n",
+                "line 2: invalid CIDR \"10.0.0.0/08\": write the prefix length",
+            ),
+            (
+                b"1.2.3.4\n\n1.2.3.4\n",
+                "line 3: deny src 1.2.3.4/32 is listed twice (first on line 1)",
+            ),
+            (b"", "no CIDRs"),
+        ] {
+            let e = parse_import(Action::Deny, body, &q).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
 }

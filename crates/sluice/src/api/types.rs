@@ -113,6 +113,31 @@ pub struct DeleteQuery {
     pub dst: bool,
 }
 
+/// Query of `POST /v1/deny/import` and `POST /v1/allow/import`; the body
+/// is text: one CIDR per line, `#` comments.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// Match the destination address instead of the source.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dst: bool,
+    /// A comment for every imported rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// Answer of an import: every rule is in force, or (an error) none is.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImportView {
+    pub action: String,
+    pub imported: usize,
+    /// Ids of the new rules, which are consecutive.
+    pub first_id: i64,
+    pub last_id: i64,
+    /// Time the daemon took, from the whole body received to in force.
+    pub duration_ms: f64,
+}
+
 /// A rule as listed: identity, match, and hit counters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuleView {

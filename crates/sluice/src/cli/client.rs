@@ -16,6 +16,21 @@ pub struct Client {
     socket: PathBuf,
 }
 
+/// The daemon closed the connection before it answered (it stopped or
+/// died mid-request).
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon closed the connection before it answered")]
+pub struct ConnectionLost;
+
+/// Nothing listens on the socket (it is missing, or a daemon killed with
+/// -9 left it behind).
+#[derive(Debug, thiserror::Error)]
+#[error("the sluice daemon is not running (cannot connect to {socket}: {source}); start it with `sluice run` (or `make run`)")]
+pub struct NotRunning {
+    socket: String,
+    source: std::io::Error,
+}
+
 impl Client {
     pub fn new(socket: &Path) -> Self {
         Client {
@@ -39,14 +54,23 @@ impl Client {
         self.call(Method::DELETE, path, None::<&()>).await
     }
 
+    /// POSTs a text/plain body.
+    pub async fn post_text<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T> {
+        self.send(Method::POST, path, "text/plain", Bytes::from(body)).await
+    }
+
     /// Opens an HTTP/1 connection over the unix socket; a missing daemon is
     /// one clear line saying how to start it.
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-            anyhow!(
-                "the sluice daemon is not running (cannot connect to {}: {e}); start it with `sluice run` (or `make run`)",
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => anyhow!(
+                "permission denied on {}: the API socket is root-only (mode 0600); run sluice as root",
                 self.socket.display()
-            )
+            ),
+            _ => anyhow::Error::new(NotRunning {
+                socket: self.socket.display().to_string(),
+                source: e,
+            }),
         })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -99,20 +123,37 @@ impl Client {
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
-        let mut sender = self.connect().await?;
         let body = match body {
             Some(b) => Bytes::from(serde_json::to_vec(b)?),
             None => Bytes::new(),
         };
+        self.send(method, path, "application/json", body).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<T> {
+        let mut sender = self.connect().await?;
         let req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "sluice")
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(Full::new(body))?;
-        let resp = sender.send_request(req).await.context("talking to the sluice daemon")?;
+        let lost = |e: hyper::Error| {
+            if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+                anyhow::Error::new(ConnectionLost)
+            } else {
+                anyhow::Error::new(e).context("talking to the sluice daemon")
+            }
+        };
+        let resp = sender.send_request(req).await.map_err(lost)?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let bytes = resp.into_body().collect().await.map_err(lost)?.to_bytes();
         if !status.is_success() {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(e) => bail!("{}", e.error),

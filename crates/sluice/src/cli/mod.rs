@@ -114,6 +114,10 @@ enum Cmd {
         /// Only print what would change.
         #[arg(long)]
         dry_run: bool,
+        /// Let a policy with no rules remove every rule in force (refused
+        /// otherwise: an empty file is more often a mistake).
+        #[arg(long)]
+        allow_empty: bool,
         #[command(flatten)]
         c: ClientOpts,
     },
@@ -220,7 +224,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Limit { op } => limit::limit(op).await,
         Cmd::Forward { op } => forward::forward(op).await,
         Cmd::Probes { op } => probes::probes(op).await,
-        Cmd::Apply { file, dry_run, c } => policy::apply(&file, dry_run, &c).await,
+        Cmd::Apply {
+            file,
+            dry_run,
+            allow_empty,
+            c,
+        } => policy::apply(&file, dry_run, allow_empty, &c).await,
         Cmd::Export { output, c } => policy::export(output.as_deref(), &c).await,
         Cmd::Redirect { op } => forward::redirect(op).await,
         Cmd::L7 {
@@ -233,8 +242,40 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Conns { follow: true, c } => visibility::events(vec!["conn".into()], true, &c).await,
         Cmd::Conns { follow: false, c } => visibility::conns(&c).await,
         Cmd::Events { follow, kind, c } => visibility::events(kind, follow, &c).await,
-        Cmd::Down { state_dir, pin_dir, c } => daemon::down(&state_dir, &pin_dir, &c.socket, c.json),
+        Cmd::Down { state_dir, pin_dir, c } => {
+            let serving = serving_daemon(&c.socket).await?;
+            daemon::down(daemon::Down {
+                state_dir: &state_dir,
+                pin_dir: &pin_dir,
+                socket: &c.socket,
+                serving,
+                json: c.json,
+            })
+        }
         Cmd::Lab { op } => lab::lab(op),
+    }
+}
+
+/// The daemon serving `socket`, as it describes itself; `None` if nothing
+/// listens there. `sluice down` stops that daemon and no other.
+async fn serving_daemon(socket: &std::path::Path) -> Result<Option<daemon::Serving>> {
+    let client = client::Client::new(socket);
+    let ask = client.get::<crate::api::types::Status>("/v1/status");
+    match tokio::time::timeout(std::time::Duration::from_secs(10), ask).await {
+        Err(_) => anyhow::bail!(
+            "the daemon on {} did not answer within 10 s; nothing was stopped or removed",
+            socket.display()
+        ),
+        Ok(Ok(s)) => Ok(Some(daemon::Serving {
+            pid: s.pid,
+            pin_dir: s.pin_dir.into(),
+            state_dir: s.state_dir.into(),
+        })),
+        Ok(Err(e)) if e.is::<client::NotRunning>() => Ok(None),
+        Ok(Err(e)) => Err(e.context(format!(
+            "asking {} which daemon serves it; nothing was stopped or removed",
+            socket.display()
+        ))),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::{
     control::policy,
 };
 
-pub(super) async fn apply(file: &std::path::Path, dry_run: bool, c: &ClientOpts) -> Result<()> {
+pub(super) async fn apply(file: &std::path::Path, dry_run: bool, allow_empty: bool, c: &ClientOpts) -> Result<()> {
     let text = if file == std::path::Path::new("-") {
         let mut t = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).context("reading the policy from stdin")?;
@@ -17,12 +17,8 @@ pub(super) async fn apply(file: &std::path::Path, dry_run: bool, c: &ClientOpts)
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
     };
     let policy = policy::from_toml(&text).with_context(|| format!("{}", file.display()))?;
-    let path = if dry_run {
-        "/v1/policy?dry_run=true"
-    } else {
-        "/v1/policy"
-    };
-    let d: PolicyDiff = Client::new(&c.socket).post(path, &policy).await?;
+    let path = format!("/v1/policy?dry_run={dry_run}&allow_empty={allow_empty}");
+    let d: PolicyDiff = Client::new(&c.socket).post(&path, &policy).await?;
     if c.json {
         return print_json(&d);
     }

@@ -1,20 +1,23 @@
 //! `sluice deny|allow add|del|list|import`: the firewall's rules.
 
 use std::{
-    io::{BufRead, Write},
+    io::{Read, Write},
     path::PathBuf,
 };
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use super::{client::Client, print_json, ClientOpts};
+use super::{
+    client::{Client, ConnectionLost},
+    print_json, ClientOpts,
+};
 use crate::{
     api::{
-        types::{RuleRequest, RuleView},
-        MAX_BODY,
+        types::{ImportView, RuleRequest, RuleView},
+        MAX_IMPORT_BODY,
     },
-    firewall::{Action, RuleSpec},
+    firewall::Action,
     model::Cidr,
 };
 
@@ -47,8 +50,8 @@ pub(super) enum RuleOp {
         c: ClientOpts,
     },
     /// Add many rules from a file (one CIDR per line, `#` comments; `-` is
-    /// stdin). The whole file is validated before anything is sent, and a
-    /// failure part-way removes what was added.
+    /// stdin) as one operation: every rule is in force, or (on any error,
+    /// which names its line) none is.
     Import {
         file: PathBuf,
         #[arg(long)]
@@ -133,74 +136,67 @@ async fn import(
     comment: Option<String>,
     c: &ClientOpts,
 ) -> Result<()> {
-    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+    let mut body = Vec::new();
+    let mut reader: Box<dyn Read> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
-        ))
+        Box::new(std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?)
     };
-    // Validate everything first: nothing is sent if any line is bad.
-    let mut reqs = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", file.display()))?;
-        let cidr = line.split('#').next().unwrap_or("").trim();
-        if cidr.is_empty() {
-            continue;
+    // One byte more than the daemon takes, to say so here.
+    reader
+        .by_ref()
+        .take(MAX_IMPORT_BODY as u64 + 1)
+        .read_to_end(&mut body)
+        .with_context(|| format!("reading {}", file.display()))?;
+    if body.len() > MAX_IMPORT_BODY {
+        bail!(
+            "{} is larger than {MAX_IMPORT_BODY} bytes; split it into smaller imports",
+            file.display()
+        );
+    }
+    let mut query = vec![];
+    if dst {
+        query.push("dst=true".to_string());
+    }
+    if let Some(cm) = &comment {
+        query.push(format!(
+            "comment={}",
+            percent_encoding::utf8_percent_encode(cm, percent_encoding::NON_ALPHANUMERIC)
+        ));
+    }
+    let path = format!("{base}/import?{}", query.join("&"));
+    if !c.json {
+        eprint!(
+            "sending {} bytes to the daemon, which applies them all or none...",
+            body.len()
+        );
+        std::io::stderr().flush().ok();
+    }
+    let r: Result<ImportView> = Client::new(&c.socket).post_text(&path, body).await;
+    if !c.json {
+        eprintln!();
+    }
+    let v = r.map_err(|e| {
+        if e.downcast_ref::<ConnectionLost>().is_some() {
+            e.context(format!(
+                "the import is all or nothing: either every rule of {} is in force or none is; `sluice {} list` shows which",
+                file.display(),
+                action.as_str()
+            ))
+        } else {
+            e
         }
-        RuleSpec::new(action, cidr, dst, comment.clone())
-            .with_context(|| format!("{} line {}", file.display(), n + 1))?;
-        reqs.push(RuleRequest {
-            cidr: cidr.to_string(),
-            dst,
-            comment: comment.clone(),
-        });
-    }
-    if reqs.is_empty() {
-        bail!("{} holds no CIDRs", file.display());
-    }
-    let client = Client::new(&c.socket);
-    let total = reqs.len();
-    let started = std::time::Instant::now();
-    let mut added: Vec<RuleView> = Vec::with_capacity(total);
-    let mut chunk: Vec<RuleRequest> = Vec::new();
-    let mut chunk_bytes = 0;
-    let mut iter = reqs.into_iter().peekable();
-    while let Some(r) = iter.next() {
-        chunk_bytes += r.cidr.len() + r.comment.as_ref().map_or(0, |c| c.len() * 6) + 48;
-        chunk.push(r);
-        if chunk_bytes > MAX_BODY / 2 || chunk.len() >= 20_000 || iter.peek().is_none() {
-            match client.post::<_, Vec<RuleView>>(base, &chunk).await {
-                Ok(v) => added.extend(v),
-                Err(e) => {
-                    eprintln!(
-                        "import failed after {} of {total} rules: {e}; removing the {} already added",
-                        added.len(),
-                        added.len()
-                    );
-                    for r in &added {
-                        let _: Result<RuleView> = client.delete(&format!("{base}/{}", r.id)).await;
-                    }
-                    return Err(e.context("import rolled back"));
-                }
-            }
-            chunk.clear();
-            chunk_bytes = 0;
-            if !c.json {
-                eprint!("\rimported {}/{total} {} rules", added.len(), action.as_str());
-                std::io::stderr().flush().ok();
-            }
-        }
-    }
+    })?;
     if c.json {
-        return print_json(&added);
+        return print_json(&v);
     }
-    eprintln!();
     println!(
-        "imported {} {} rules in {:.2?}",
-        added.len(),
-        action.as_str(),
-        started.elapsed()
+        "imported {} {} rules (ids {}..={}) in {:.2} s; all in force",
+        v.imported,
+        v.action,
+        v.first_id,
+        v.last_id,
+        v.duration_ms / 1e3
     );
     Ok(())
 }

@@ -21,7 +21,11 @@ pub(super) async fn status(c: &ClientOpts) -> Result<()> {
         s.pin_dir,
         s.state_dir
     );
-    println!("\ninterfaces ({}):", s.interfaces.len());
+    println!(
+        "\ninterfaces: {} managed, {} not attached",
+        s.interfaces.len(),
+        s.not_attached.len()
+    );
     for i in &s.interfaces {
         let mode = match i.mode {
             Some(m) => serde_json::to_value(m)?.as_str().unwrap_or("?").to_string(),
@@ -53,6 +57,12 @@ pub(super) async fn status(c: &ClientOpts) -> Result<()> {
     }
     for f in &s.not_attached {
         println!("  {:<16} ifindex {:<6} NOT ATTACHED: {}", f.name, f.ifindex, f.error);
+        if let Some(o) = f.owner.as_ref().filter(|o| !f.error.contains(&o.to_string())) {
+            println!("  {:<16} {o}", "");
+        }
+    }
+    if !s.not_attached.is_empty() {
+        println!("  (tried again every few seconds: attached once the other owner lets go)");
     }
     if !s.disabled_probes.is_empty() {
         println!("disabled probes: {}", s.disabled_probes.join(" "));

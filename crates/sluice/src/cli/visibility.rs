@@ -173,14 +173,18 @@ fn l7_line(r: &L7Record) -> String {
     if req.chars().count() > 80 {
         req = req.chars().take(77).collect::<String>() + "...";
     }
+    let server = std::net::SocketAddr::new(r.server, r.server_port);
+    let target = match (r.target, r.target_port) {
+        (Some(ip), Some(port)) => format!(" (target {})", std::net::SocketAddr::new(ip, port)),
+        _ => String::new(),
+    };
     format!(
-        "{}  {:<5} {}:{} -> {}:{}  {:<80}  {:<12} {:>9}{}",
+        "{}  {:<5} {} -> {}{}  {:<80}  {:<12} {:>9}{}",
         r.time,
         r.proto.as_str(),
-        r.client,
-        r.client_port,
-        r.server,
-        r.server_port,
+        std::net::SocketAddr::new(r.client, r.client_port),
+        server,
+        target,
         req,
         resp,
         r.latency_ms.map_or("-".into(), |l| format!("{l:.3} ms")),

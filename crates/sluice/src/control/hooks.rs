@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{foreign::NetlinkHooks, AttachMode, Dataplane, Probe, ProbeId, ProbeKind},
+    dataplane::{foreign::NetlinkHooks, AttachMode, Dataplane, HookOwner, Probe, ProbeId, ProbeKind},
     model::chain,
     sys::procfs::ExistingConn,
 };
@@ -48,6 +48,11 @@ pub struct FailedIface {
     pub name: String,
     pub ifindex: u32,
     pub error: String,
+    /// Who holds the hook, when someone does: another sluice daemon (with
+    /// the processes holding its links) or another tool. The daemon tries
+    /// the interface again every few seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<HookOwner>,
 }
 
 /// A loaded program.
@@ -75,6 +80,8 @@ pub trait Hooks: Send {
     fn rename(&mut self, ifindex: u32, name: &str);
     /// Forgets an interface that failed to attach.
     fn forget_failed(&mut self, ifindex: u32);
+    /// Tries the interfaces that failed again; returns those attached now.
+    fn retry_failed(&mut self) -> Vec<(u32, String)>;
     /// Removes pinned links of interfaces nobody manages; their ifindexes.
     fn prune_unowned(&mut self) -> Vec<u32>;
     /// Managed interfaces.
@@ -132,6 +139,9 @@ impl Hooks for Dataplane {
     fn forget_failed(&mut self, ifindex: u32) {
         Dataplane::forget_failed(self, ifindex)
     }
+    fn retry_failed(&mut self) -> Vec<(u32, String)> {
+        Dataplane::retry_failed(self)
+    }
     fn prune_unowned(&mut self) -> Vec<u32> {
         Dataplane::prune_unowned(self)
     }
@@ -157,10 +167,11 @@ impl Hooks for Dataplane {
     }
     fn failed(&self) -> Vec<FailedIface> {
         Dataplane::failed(self)
-            .map(|(ifindex, name, why)| FailedIface {
-                name: name.into(),
+            .map(|(ifindex, f)| FailedIface {
+                name: f.name.clone(),
                 ifindex,
-                error: why.into(),
+                error: f.why.clone(),
+                owner: f.owner.clone(),
             })
             .collect()
     }
@@ -322,6 +333,13 @@ impl Hooks for MemHooks {
     fn forget_failed(&mut self, ifindex: u32) {
         self.failed.remove(&ifindex);
     }
+    fn retry_failed(&mut self) -> Vec<(u32, String)> {
+        let failed: Vec<(u32, String)> = self.failed.iter().map(|(i, (n, _))| (*i, n.clone())).collect();
+        failed
+            .into_iter()
+            .filter(|(i, n)| Hooks::attach(self, *i, n).is_ok())
+            .collect()
+    }
     fn prune_unowned(&mut self) -> Vec<u32> {
         Vec::new()
     }
@@ -350,6 +368,7 @@ impl Hooks for MemHooks {
                 name: name.clone(),
                 ifindex: *ifindex,
                 error: why.clone(),
+                owner: None,
             })
             .collect()
     }

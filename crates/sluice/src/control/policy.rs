@@ -43,8 +43,9 @@ pub const POLICY_VERSION: u32 = 1;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// Format version; 1 (the default) is the only one.
-    #[serde(default = "default_version")]
+    /// Format version; 1 is the only one. Required: a document without it
+    /// (an empty file, a stray TOML) is refused, not read as "no rules".
+    #[serde(default)]
     pub version: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "objects")]
     pub deny: Vec<RuleRequest>,
@@ -75,8 +76,25 @@ pub struct Policy {
     pub probes: ProbesSection,
 }
 
-fn default_version() -> u32 {
-    POLICY_VERSION
+impl Policy {
+    /// No deny, allow, limit, forward or redirect entry: applying it would
+    /// remove every rule.
+    pub fn has_no_rules(&self) -> bool {
+        self.deny.is_empty()
+            && self.allow.is_empty()
+            && self.limits.is_empty()
+            && self.forwards.is_empty()
+            && self.redirects.is_empty()
+    }
+}
+
+/// How to apply a policy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyOptions {
+    /// Only say what would change.
+    pub dry_run: bool,
+    /// Let a policy with no rules remove every rule in force.
+    pub allow_empty: bool,
 }
 
 /// Probe states: every probe not listed as disabled is enabled.
@@ -96,6 +114,10 @@ pub enum PolicyError {
     /// undone.
     #[error("{0}; nothing was changed")]
     Failed(String),
+    /// A policy with no rules would remove every rule in force, and the
+    /// caller did not ask for that.
+    #[error("this policy has no rules: applying it would remove all {0} rules in force; nothing was changed (pass --allow-empty, or ?allow_empty=true, if that is what you want)")]
+    Empty(usize),
     /// A step failed and the change could not be fully undone.
     #[error("{0}; {1}: compare `sluice export` with the file")]
     Partial(String, String),
@@ -168,6 +190,11 @@ struct Validated {
 
 fn validate(p: &Policy, max_rules: u32) -> Result<Validated, PolicyError> {
     let invalid = PolicyError::Invalid;
+    if p.version == 0 {
+        return Err(invalid(format!(
+            "the policy has no `version` (a policy file starts with `version = {POLICY_VERSION}`, as `sluice export` writes it); refusing it"
+        )));
+    }
     if p.version != POLICY_VERSION {
         return Err(invalid(format!(
             "policy version {} is not supported (this sluice writes and reads version {POLICY_VERSION})",
@@ -197,15 +224,15 @@ fn parts<'a>(cx: &Locked<'_>, v: Validated) -> Result<Vec<Box<dyn Part<Locked<'a
 
 /// Makes the running rule set equal to `policy` (or, with `dry_run`, only
 /// says what that would change).
-pub fn apply(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, PolicyError> {
-    let r = apply_locked(s, policy, dry_run);
+pub fn apply(s: &Ctl, policy: &Policy, opts: ApplyOptions) -> Result<PolicyDiff, PolicyError> {
+    let r = apply_locked(s, policy, opts);
     // Synced whatever happened: a failed apply may have toggled the tracer
     // and put it back.
     s.sync_conn_table();
     r
 }
 
-fn apply_locked(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, PolicyError> {
+fn apply_locked(s: &Ctl, policy: &Policy, opts: ApplyOptions) -> Result<PolicyDiff, PolicyError> {
     // Validation (up to a 32 MiB document) holds no lock: rule changes,
     // status and the ring reader's rule names go on meanwhile.
     let max_rules = s.fw.lock().unwrap().capacity();
@@ -213,7 +240,13 @@ fn apply_locked(s: &Ctl, policy: &Policy, dry_run: bool) -> Result<PolicyDiff, P
     let mut cx = Locked::new(s);
     let mut parts = parts(&cx, valid)?;
     let mut diff = plan::diff(&parts);
-    if dry_run || diff.is_empty() {
+    // An empty document is far more often a mistake (a truncated file, the
+    // wrong file) than a wish to open everything: it needs saying so. The
+    // dry run answers the same, so it predicts the apply.
+    if policy.has_no_rules() && !diff.removed.is_empty() && !opts.allow_empty {
+        return Err(PolicyError::Empty(diff.removed.len()));
+    }
+    if opts.dry_run || diff.is_empty() {
         return Ok(diff);
     }
     plan::run(&mut cx, &mut parts)?;
@@ -267,8 +300,17 @@ mod tests {
         Ctl::with_doubles(fw, limits, Hub::new(0))
     }
 
+    const DRY: ApplyOptions = ApplyOptions {
+        dry_run: true,
+        allow_empty: false,
+    };
+    const APPLY: ApplyOptions = ApplyOptions {
+        dry_run: false,
+        allow_empty: false,
+    };
+
     fn validate(p: &Policy, max_rules: u32) -> Result<PolicyDiff, PolicyError> {
-        apply(&ctl(max_rules), p, true)
+        apply(&ctl(max_rules), p, DRY)
     }
 
     #[test]
@@ -286,7 +328,12 @@ mod tests {
             ("[probes]\ndisabled = [\"xdp/a/b\"]\n", "probes.disabled[1]"),
             ("version = 2\n", "version 2 is not supported"),
         ] {
-            let p = from_toml(toml).unwrap();
+            let toml = if toml.starts_with("version") {
+                toml.to_string()
+            } else {
+                format!("version = 1\n{toml}")
+            };
+            let p = from_toml(&toml).unwrap();
             let e = validate(&p, 1000)
                 .err()
                 .unwrap_or_else(|| panic!("{toml} validated"))
@@ -303,6 +350,33 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_must_say_its_version_and_empty_needs_asking() {
+        let s = ctl(10);
+        let e = apply(&s, &from_toml("").unwrap(), DRY).unwrap_err().to_string();
+        assert!(e.contains("no `version`"), "{e}");
+        // Nothing in force: an empty policy changes nothing, and is fine.
+        let empty = from_toml("version = 1\n").unwrap();
+        assert!(apply(&s, &empty, APPLY).unwrap().is_empty());
+        let p = from_toml("version = 1\n[[deny]]\ncidr = \"198.18.1.0/24\"\n[[limit]]\npps = 5\n").unwrap();
+        assert!(apply(&s, &p, APPLY).unwrap().applied);
+        for opts in [DRY, APPLY] {
+            let e = apply(&s, &empty, opts).unwrap_err();
+            assert!(matches!(e, PolicyError::Empty(2)), "{e}");
+        }
+        // Probe states alone are no rules either.
+        let probes_only = from_toml("version = 1\n[probes]\ndisabled = []\n").unwrap();
+        assert!(matches!(apply(&s, &probes_only, APPLY), Err(PolicyError::Empty(2))));
+        assert_eq!(export(&s).deny.len(), 1, "nothing was removed");
+        let asked = ApplyOptions {
+            dry_run: false,
+            allow_empty: true,
+        };
+        let d = apply(&s, &empty, asked).unwrap();
+        assert!(d.applied && d.removed.len() == 2, "{d:?}");
+        assert!(export(&s).has_no_rules());
+    }
+
+    #[test]
     fn apply_is_all_or_nothing_across_capabilities() {
         use std::sync::{Arc, Mutex};
 
@@ -313,11 +387,11 @@ mod tests {
         s.hooks = shared;
         mem.lock().unwrap().attach(5, "veth5").unwrap();
         let mut p = from_toml(
-            "[[deny]]\ncidr = \"198.18.1.0/24\"\n[[limit]]\npps = 5\n[[forward]]\nmatch = \"198.18.0.1:80\"\nto = [\"198.18.1.2:80\"]\n",
+            "version = 1\n[[deny]]\ncidr = \"198.18.1.0/24\"\n[[limit]]\npps = 5\n[[forward]]\nmatch = \"198.18.0.1:80\"\nto = [\"198.18.1.2:80\"]\n",
         )
         .unwrap();
         p.probes.disabled = vec!["xdp/veth5".into()];
-        let d = apply(&s, &p, false).unwrap();
+        let d = apply(&s, &p, APPLY).unwrap();
         assert!(d.applied);
         assert_eq!((d.added.len(), d.changed.len()), (3, 1), "{d:?}");
         let before = to_toml(&export(&s));
@@ -333,13 +407,13 @@ mod tests {
         p2.forwards.clear();
         p2.probes.disabled.clear();
         mem.lock().unwrap().fail_attach = Some("another program holds the hook".into());
-        let e = apply(&s, &p2, true).unwrap();
+        let e = apply(&s, &p2, DRY).unwrap();
         assert_eq!(
             (e.added.len(), e.removed.len(), e.changed.len()),
             (2, 2, 1),
             "dry run: {e:?}"
         );
-        let e = apply(&s, &p2, false).unwrap_err().to_string();
+        let e = apply(&s, &p2, APPLY).unwrap_err().to_string();
         assert!(
             e.contains("another program") && e.contains("nothing was changed"),
             "{e}"

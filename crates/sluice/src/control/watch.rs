@@ -2,14 +2,19 @@
 //! matches the configured globs, both those present at start and those that
 //! appear later, and forgets interfaces that vanish, move to another
 //! namespace or are renamed out of the globs. Link events come from
-//! [`crate::sys::links`].
+//! [`crate::sys::links`]. An interface whose hook someone else holds
+//! (another sluice daemon, another tool) is left alone and tried again
+//! every [`RETRY_EVERY`], so it is taken over once the other owner lets go.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use globset::GlobSet;
 
 use super::hooks::SharedHooks;
 use crate::sys::links::{self, LinkEvent, LinksError};
+
+/// How often interfaces that could not be attached are tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// Keeps the attachments equal to the interfaces matching the globs.
 pub struct Watcher {
@@ -29,7 +34,19 @@ impl Watcher {
         match (attached, wanted) {
             (false, true) => {
                 if let Err(e) = h.attach(ifindex, name) {
-                    tracing::warn!(ifindex, name, error = %e, "cannot attach the XDP firewall");
+                    let owner = h
+                        .failed()
+                        .into_iter()
+                        .find(|f| f.ifindex == ifindex)
+                        .and_then(|f| f.owner);
+                    match owner {
+                        Some(o) => {
+                            tracing::warn!(ifindex, name, error = %e, owner = %o, "not attached: the hook has another owner; trying again every {}s", RETRY_EVERY.as_secs())
+                        }
+                        None => {
+                            tracing::warn!(ifindex, name, error = %e, "cannot attach the XDP firewall; trying again every {}s", RETRY_EVERY.as_secs())
+                        }
+                    }
                 }
             }
             (true, true) => h.rename(ifindex, name),
@@ -49,6 +66,21 @@ impl Watcher {
             tracing::info!(ifindex, "removed a pinned link for an interface no longer managed");
         }
         let this = Arc::new(self);
+        let hooks = this.hooks.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETRY_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let h = hooks.clone();
+                // Attaching makes blocking syscalls and may walk /proc.
+                let done = tokio::task::spawn_blocking(move || h.lock().unwrap().retry_failed()).await;
+                for (ifindex, name) in done.unwrap_or_default() {
+                    tracing::info!(ifindex, name, "attached: the hook's other owner let go of it");
+                }
+            }
+        });
         Ok(tokio::spawn(async move {
             while let Some(ev) = events.next().await {
                 match ev {

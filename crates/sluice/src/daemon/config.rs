@@ -75,8 +75,8 @@ pub struct Config {
     pub l7_retention: String,
     /// At most this many audit records are kept (the oldest go first).
     pub l7_max_records: u64,
-    /// Also serve the API on this TCP address (off when unset). A
-    /// non-loopback address needs `token_file`.
+    /// Also serve the API on this TCP address (off when unset); needs
+    /// `token_file`, loopback included.
     pub listen: Option<String>,
     /// File holding the bearer token the TCP listener requires (mode 0600).
     pub token_file: Option<PathBuf>,
@@ -223,16 +223,16 @@ impl Config {
         Ok(out)
     }
 
-    /// The TCP listen address, checked: a non-loopback address needs a
-    /// token file.
+    /// The TCP listen address, checked: it needs a token file.
     pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
         let Some(l) = &self.listen else { return Ok(None) };
         let addr: std::net::SocketAddr = l
             .parse()
             .map_err(|_| ConfigError::Invalid(format!("listen {l:?} is not IP:PORT (IPv6 as [ADDR]:PORT)")))?;
-        if !addr.ip().is_loopback() && self.token_file.is_none() {
+        // Loopback too: any local user could otherwise drive the daemon.
+        if self.token_file.is_none() {
             return Err(ConfigError::Invalid(format!(
-                "refusing to listen on non-loopback {addr} without a token_file (--token-file)"
+                "refusing to listen on {addr} without a bearer token: set token_file (--token-file); loopback needs one too"
             )));
         }
         Ok(Some(addr))

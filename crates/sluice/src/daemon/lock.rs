@@ -5,13 +5,13 @@
 use std::{
     fs,
     io::{Read, Seek, Write},
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::sys::mounts::ensure_bpffs;
+use crate::sys::{mounts::ensure_bpffs, paths::private_dir};
 
 /// Holds `state_dir/sluice.lock` (flock) for the daemon's lifetime; the file
 /// holds the daemon's pid for `sluice down`.
@@ -25,11 +25,15 @@ pub fn lock_path(state_dir: &Path) -> PathBuf {
 
 pub fn take_lock(state_dir: &Path) -> Result<PidLock> {
     let path = lock_path(state_dir);
+    // Never through a symlink (a link planted here would make us truncate
+    // its target), and private from its creation.
     let mut f = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on an fd we own.
@@ -52,23 +56,13 @@ pub fn take_lock(state_dir: &Path) -> Result<PidLock> {
 /// daemon per set of pins, whatever its state dir.
 pub fn lock_pin_dir(pin_dir: &Path) -> Result<fs::File> {
     ensure_bpffs(pin_dir)?;
-    fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    // Whoever can write the pin directory can unpin the links, and so
+    // detach the firewall: it must be root's alone.
+    private_dir("pin_dir", pin_dir).map_err(anyhow::Error::msg)?;
     let f = fs::File::open(pin_dir).with_context(|| format!("opening {}", pin_dir.display()))?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         bail!("another sluice daemon is using the pins in {}", pin_dir.display());
     }
     Ok(f)
-}
-
-/// The pid of a running daemon (one that holds the lock), if any.
-pub fn running_pid(state_dir: &Path) -> Option<i32> {
-    let mut f = fs::File::open(lock_path(state_dir)).ok()?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return None; // nobody holds it
-    }
-    let mut s = String::new();
-    f.read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
 }

@@ -12,15 +12,13 @@ mod lock;
 mod socket;
 
 use std::{
-    fs,
-    os::unix::fs::PermissionsExt,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use config::Config;
-pub use down::down;
+pub use down::{down, Down, Serving};
 
 use crate::{
     api,
@@ -44,24 +42,32 @@ use crate::{
     },
 };
 
+/// Every file the daemon keeps in its state directory, checked before any
+/// is opened: a regular file owned by the daemon's user, never a symlink,
+/// tightened to 0600 if an older build left it looser.
+const STATE_FILES: &[&str] = &[
+    "sluice.lock",
+    "sluice.db",
+    "sluice.db-wal",
+    "sluice.db-shm",
+    "sluice.db-journal",
+    "l7.db",
+    "l7.db-wal",
+    "l7.db-shm",
+    "l7.db-journal",
+];
+
 pub async fn run(cfg: Config) -> Result<()> {
     cfg.validate()?;
     let matcher = cfg.matcher()?;
     socket::not_a_socket(&cfg.socket)?;
-    if !cfg.state_dir.exists() {
-        fs::create_dir_all(&cfg.state_dir)
-            .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
-        // Ours: private from the start.
-        fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700))?;
-    } else if !cfg.state_dir.is_dir() {
-        bail!("state dir {} is not a directory", cfg.state_dir.display());
-    } else if fs::metadata(&cfg.state_dir)?.permissions().mode() & 0o022 != 0 {
-        // An existing directory is the operator's: never chmod it, but a
-        // group- or world-writable one would let others swap the database.
-        bail!(
-            "state dir {} is writable by group or others; chmod go-w it first",
-            cfg.state_dir.display()
-        );
+    // Everything the daemon creates from here on is its own: 0600 files,
+    // 0700 directories (the socket, databases, lock, event log, pins).
+    // SAFETY: umask(2) has no preconditions; nothing else runs yet.
+    unsafe { libc::umask(0o077) };
+    sys::paths::private_dir("state_dir", &cfg.state_dir).map_err(anyhow::Error::msg)?;
+    for f in STATE_FILES {
+        sys::paths::private_file(&cfg.state_dir.join(f)).map_err(anyhow::Error::msg)?;
     }
     let listen = cfg.listen_addr()?;
     let token = match &cfg.token_file {
@@ -196,24 +202,25 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(socket = %cfg.socket.display(), "serving the API; `sluice status` to check, Ctrl-C to stop");
     let stopping = state.clone();
     let limit = api::guard::RateLimit::new(cfg.api_rate_per_sec, cfg.api_burst);
-    let guarded = |token: Option<String>| {
+    let guarded = |token: Option<String>, addr: Option<std::net::SocketAddr>| {
         let g = api::guard::Guard {
             limit: limit.clone(),
             token: token.map(Into::into),
+            hosts: addr.map(api::guard::listener_hosts),
         };
         api::app(state.clone()).layer(axum::middleware::from_fn_with_state(g, api::guard::check))
     };
     let tcp_task = match tcp {
         Some(l) => {
-            let app = guarded(token);
-            tracing::info!(addr = %l.local_addr()?, "also serving the API over TCP (bearer token required: {})", cfg.token_file.is_some());
+            let app = guarded(token, Some(l.local_addr()?));
+            tracing::info!(addr = %l.local_addr()?, "also serving the API over TCP (bearer token and Host header required)");
             Some(tokio::spawn(api::serve::serve(l, app, stopping.shutdown.subscribe())))
         }
         None => None,
     };
     let unix = tokio::spawn(api::serve::serve(
         listener,
-        guarded(None),
+        guarded(None, None),
         stopping.shutdown.subscribe(),
     ));
     shutdown_signal().await;

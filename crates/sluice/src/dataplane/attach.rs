@@ -16,7 +16,7 @@ use sluice_abi::xdp as names;
 use super::{
     pins::{pinned_links, tc_pins, unpin},
     probe::{AttachMode, ProbeId, ProbeKind},
-    Dataplane, DataplaneError,
+    Dataplane, DataplaneError, HookOwner,
 };
 use crate::{model::chain, sys::iface::ifname};
 
@@ -34,6 +34,15 @@ struct TcHook {
     kind: ProbeKind,
     pin: PathBuf,
     _link: FdLink,
+}
+
+/// A matching interface this daemon could not attach to, and who holds
+/// the hook if someone does.
+#[derive(Clone, Debug)]
+pub struct Failed {
+    pub name: String,
+    pub why: String,
+    pub owner: Option<HookOwner>,
 }
 
 /// One managed interface and the probes attached to it. A disabled probe
@@ -108,7 +117,7 @@ impl Dataplane {
             self.disabled.insert(id.clone());
         }
         let attached = |dp: &Self| dp.attached.values().find(|a| a.name == id.attach).map(|a| a.ifindex);
-        let failed = |dp: &Self| dp.failed.iter().find(|(_, (n, _))| *n == id.attach).map(|(i, _)| *i);
+        let failed = |dp: &Self| dp.failed.iter().find(|(_, f)| f.name == id.attach).map(|(i, _)| *i);
         let r = match id.kind {
             ProbeKind::Trace => {
                 if enabled && self.trace.is_none() {
@@ -161,7 +170,15 @@ impl Dataplane {
         };
         if id.kind == ProbeKind::Xdp {
             self.detach(ifindex);
-            self.failed.insert(ifindex, (id.attach.clone(), chain(&e)));
+            let owner = self.xdp_owner(ifindex);
+            self.failed.insert(
+                ifindex,
+                Failed {
+                    name: id.attach.clone(),
+                    why: chain(&e),
+                    owner,
+                },
+            );
         } else {
             let _ = self.sync_kind(ifindex, id.kind);
         }
@@ -188,12 +205,32 @@ impl Dataplane {
 
     /// Attaches the enabled probes to `ifindex`, adopting the links an
     /// earlier daemon pinned there by atomically swapping this daemon's
-    /// programs into them. An XDP failure (e.g. another owner's program on
-    /// the hook: sluice never replaces one) leaves the interface unmanaged
-    /// and is reported by [`Dataplane::probes`].
+    /// programs into them. An interface another sluice daemon manages (its
+    /// programs on the XDP or tcx hooks, and no link of ours pinned there)
+    /// is left to it. An XDP failure (e.g. another owner's program on the
+    /// hook: sluice never replaces one) leaves the interface unmanaged; both
+    /// are recorded with the hook's owner ([`Dataplane::failed`]) and tried
+    /// again by [`Dataplane::retry_failed`].
     pub fn attach(&mut self, ifindex: u32, name: &str) -> Result<&Attachment, DataplaneError> {
         if self.attached.contains_key(&ifindex) {
             return Ok(&self.attached[&ifindex]);
+        }
+        let ours = self.pinned_links().iter().any(|(i, _, _)| *i == ifindex)
+            || tc_pins(&self.links_dir()).iter().any(|(i, _)| *i == ifindex);
+        if !ours {
+            if let Some(owner) = self.other_sluice(ifindex, name) {
+                let e = DataplaneError::OtherDaemon {
+                    name: name.into(),
+                    owner: owner.to_string(),
+                };
+                let failed = Failed {
+                    name: name.into(),
+                    why: chain(&e),
+                    owner: Some(owner),
+                };
+                self.failed.insert(ifindex, failed);
+                return Err(e);
+            }
         }
         let mut att = Attachment {
             ifindex,
@@ -204,7 +241,13 @@ impl Dataplane {
             errors: BTreeMap::new(),
         };
         if let Err(e) = self.sync_xdp(&mut att) {
-            self.failed.insert(ifindex, (name.into(), chain(&e)));
+            let owner = self.xdp_owner(ifindex);
+            let failed = Failed {
+                name: name.into(),
+                why: chain(&e),
+                owner,
+            };
+            self.failed.insert(ifindex, failed);
             return Err(e);
         }
         self.failed.remove(&ifindex);
@@ -451,9 +494,34 @@ impl Dataplane {
         self.failed.remove(&ifindex);
     }
 
-    /// Interfaces that matched but could not be attached: (ifindex, name, why).
-    pub fn failed(&self) -> impl Iterator<Item = (u32, &str, &str)> {
-        self.failed.iter().map(|(i, (n, w))| (*i, n.as_str(), w.as_str()))
+    /// Interfaces that matched but could not be attached, by ifindex.
+    pub fn failed(&self) -> impl Iterator<Item = (u32, &Failed)> {
+        self.failed.iter().map(|(i, f)| (*i, f))
+    }
+
+    /// Tries every interface that could not be attached again: the hook's
+    /// owner may have let go (another daemon's `sluice down`, a tool that
+    /// exited). Returns the interfaces attached now. An interface renamed
+    /// meanwhile is left to the watcher, which sees the rename.
+    pub fn retry_failed(&mut self) -> Vec<(u32, String)> {
+        let failed: Vec<(u32, String)> = self.failed.iter().map(|(i, f)| (*i, f.name.clone())).collect();
+        let mut attached = Vec::new();
+        for (ifindex, name) in failed {
+            if ifname(ifindex).as_deref() != Some(name.as_str()) {
+                continue;
+            }
+            let before = self.failed.get(&ifindex).and_then(|f| f.owner.clone());
+            match self.attach(ifindex, &name) {
+                Ok(_) => attached.push((ifindex, name)),
+                Err(e) => {
+                    let now = self.failed.get(&ifindex).and_then(|f| f.owner.clone());
+                    if now != before {
+                        tracing::warn!(ifindex, name, error = %chain(&e), "still not attached; the hook changed hands");
+                    }
+                }
+            }
+        }
+        attached
     }
 
     /// Renames an attachment after an interface rename; probe states follow

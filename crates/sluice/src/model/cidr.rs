@@ -25,6 +25,8 @@ pub enum CidrError {
     HostBits { input: String, network: IpNet },
     #[error("CIDR {0:?} is an IPv4-mapped IPv6 address; write the IPv4 form instead")]
     Mapped(String),
+    #[error("invalid CIDR {input:?}: write the prefix length without leading zeros (/{len})")]
+    LeadingZero { input: String, len: u32 },
 }
 
 /// A validated CIDR: network address with no host bits set.
@@ -38,6 +40,11 @@ impl Cidr {
 
     pub fn is_v6(&self) -> bool {
         matches!(self.0, IpNet::V6(_))
+    }
+
+    /// The network of the first `len` bits (`len` at most this prefix's).
+    pub fn truncate(&self, len: u8) -> Cidr {
+        Cidr(IpNet::new(self.0.network(), len).expect("a shorter prefix").trunc())
     }
 
     /// True if `addr` falls inside this network.
@@ -58,7 +65,16 @@ impl FromStr for Cidr {
                 if l.is_empty() || !l.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(syntax());
                 }
-                (a, Some(l.parse::<u32>().map_err(|_| syntax())?))
+                let len = l.parse::<u32>().map_err(|_| syntax())?;
+                // One spelling per prefix: `/08` is not `/8` to a reader
+                // (some tools read it as octal).
+                if l.len() > 1 && l.starts_with('0') {
+                    return Err(CidrError::LeadingZero {
+                        input: input.to_string(),
+                        len,
+                    });
+                }
+                (a, Some(len))
             }
             None => (s, None),
         };
@@ -173,6 +189,18 @@ mod tests {
             err("2001:2::1/48").to_string(),
             "CIDR \"2001:2::1/48\" has host bits set; did you mean 2001:2::/48?"
         );
+    }
+
+    #[test]
+    fn prefix_lengths_have_one_spelling() {
+        for s in ["10.0.0.0/08", "10.0.0.0/008", "2001:2::/048", "0.0.0.0/00"] {
+            assert!(matches!(err(s), CidrError::LeadingZero { .. }), "{s}");
+        }
+        assert_eq!(
+            err("10.0.0.0/08").to_string(),
+            "invalid CIDR \"10.0.0.0/08\": write the prefix length without leading zeros (/8)"
+        );
+        assert_eq!(ok("0.0.0.0/0"), "0.0.0.0/0");
     }
 
     #[test]

@@ -136,12 +136,15 @@ impl<T: Serialize + Send + 'static> AuditStore<T> {
         true
     }
 
-    /// Records as JSON, oldest first: the newest `limit` matching the
-    /// filters.
+    /// Records as JSON in the order of their time (`ts_ns`, then as
+    /// written), oldest first: the newest `limit` matching the filters. A
+    /// record written late (its exchange took long) still lists by its
+    /// time. The `l7_ts` index holds (ts_ns, id) in this very order.
     pub fn query(&self, proto: Option<&str>, since_ns: Option<u64>, limit: usize) -> Result<Vec<String>, AuditError> {
         let c = self.reader.lock().unwrap();
         let mut stmt = c.prepare_cached(
-            "SELECT record FROM l7 WHERE (?1 IS NULL OR proto = ?1) AND ts_ns >= ?2 ORDER BY id DESC LIMIT ?3",
+            "SELECT record FROM l7 WHERE (?1 IS NULL OR proto = ?1) AND ts_ns >= ?2 \
+             ORDER BY ts_ns DESC, id DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![proto, since_ns.unwrap_or(0) as i64, limit as i64], |r| {
             r.get::<_, String>(0)
@@ -261,6 +264,22 @@ mod tests {
         assert_eq!(http, vec!["0", "2", "4", "6"]);
         assert_eq!(s.query(None, Some(now - 1000 + 6), 100).unwrap().len(), 2);
         assert_eq!(s.query(None, None, 3).unwrap().len(), 3);
+        // Written out of time order (a slow exchange finishes after a
+        // quick later one): listed by time, equal times as written.
+        for (ts, r) in [(now - 500, 10), (now - 700, 11), (now - 500, 12), (now - 600, 13)] {
+            s.push(AuditRow {
+                ts_ns: ts,
+                proto: "mysql",
+                record: r,
+            });
+        }
+        assert!(s.flush(Duration::from_secs(5)));
+        assert_eq!(s.query(Some("mysql"), None, 100).unwrap(), vec!["11", "13", "10", "12"]);
+        assert_eq!(
+            s.query(Some("mysql"), None, 2).unwrap(),
+            vec!["10", "12"],
+            "the newest by time"
+        );
         s.prune_now(ret).unwrap();
         assert_eq!(s.count().unwrap(), 5, "the oldest beyond max_records go");
         let ret = Retention {

@@ -1,7 +1,7 @@
 //! Network interfaces of the daemon's namespace: names and indexes
 //! (`if_nametoindex`), what sysfs and `SIOCETHTOOL` say about one (MAC,
-//! driver, veth peer), and the validation of a name before it reaches a
-//! sysfs path or an ioctl.
+//! driver, veth peer), which XDP programs sit on one (netlink), and the
+//! validation of a name before it reaches a sysfs path or an ioctl.
 
 use std::{ffi::CString, path::Path};
 
@@ -115,6 +115,60 @@ pub fn iface_info(name: &str) -> Option<IfaceInfo> {
         iflink != ifindex && !local_peer
     };
     Some(IfaceInfo { ifindex, mac, peer })
+}
+
+/// The XDP programs on `ifindex` (at most one per mode), as netlink
+/// reports them: one blocking `RTM_GETLINK` request.
+pub fn xdp_prog_ids(ifindex: u32) -> std::io::Result<Vec<u32>> {
+    use rtnetlink::{
+        packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST},
+        packet_route::{
+            link::{LinkAttribute, LinkMessage, LinkXdp},
+            RouteNetlinkMessage,
+        },
+        sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr},
+    };
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    let mut req = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::GetLink(msg)),
+    );
+    req.header.flags = NLM_F_REQUEST;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let (reply, _) = socket.recv_from_full()?;
+    let reply: NetlinkMessage<RouteNetlinkMessage> =
+        NetlinkMessage::deserialize(&reply).map_err(std::io::Error::other)?;
+    let link = match reply.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => l,
+        NetlinkPayload::Error(e) => return Err(e.to_io()),
+        other => return Err(std::io::Error::other(format!("unexpected netlink reply {other:?}"))),
+    };
+    let mut ids = Vec::new();
+    for a in &link.attributes {
+        if let LinkAttribute::Xdp(xs) = a {
+            for x in xs {
+                if let LinkXdp::DrvProgId(id) | LinkXdp::SkbProgId(id) | LinkXdp::HwProgId(id) = x {
+                    ids.push(*id);
+                }
+            }
+            if ids.is_empty() {
+                // Older kernels report only the one program.
+                ids.extend(xs.iter().filter_map(|x| match x {
+                    LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                    _ => None,
+                }));
+            }
+        }
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]

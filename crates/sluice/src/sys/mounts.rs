@@ -17,14 +17,15 @@ pub enum MountError {
     Tracefs(io::Error),
 }
 
-fn mount(src: &str, dst: &str, ty: &str) -> io::Result<()> {
-    let (src, dst, ty) = (
+fn mount(src: &str, dst: &str, ty: &str, data: &str) -> io::Result<()> {
+    let (src, dst, ty, data) = (
         CString::new(src).expect("no NUL"),
         CString::new(dst).expect("no NUL"),
         CString::new(ty).expect("no NUL"),
+        CString::new(data).expect("no NUL"),
     );
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) } != 0 {
+    // SAFETY: valid NUL-terminated strings that outlive the call.
+    if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, data.as_ptr().cast()) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -52,7 +53,9 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), MountError> {
     let target = Path::new("/sys/fs/bpf");
     if parent.starts_with(target) && !is_bpffs(target) {
         fs::create_dir_all(target).map_err(|e| MountError::NoBpffs(target.into(), e))?;
-        mount("bpf", "/sys/fs/bpf", "bpf").map_err(|e| MountError::NoBpffs(parent.into(), e))?;
+        // Root's alone: whoever can write a bpffs directory can unpin what
+        // is in it (the links that keep the firewall attached).
+        mount("bpf", "/sys/fs/bpf", "bpf", "mode=0700").map_err(|e| MountError::NoBpffs(parent.into(), e))?;
         tracing::info!("mounted bpffs at /sys/fs/bpf");
     }
     if is_bpffs(parent) || (fs::create_dir_all(parent).is_ok() && is_bpffs(parent)) {
@@ -70,7 +73,7 @@ pub fn ensure_tracefs() -> Result<(), MountError> {
     if Path::new("/sys/kernel/tracing/events").exists() {
         return Ok(());
     }
-    mount("nodev", "/sys/kernel/tracing", "tracefs").map_err(MountError::Tracefs)?;
+    mount("nodev", "/sys/kernel/tracing", "tracefs", "").map_err(MountError::Tracefs)?;
     tracing::info!("mounted tracefs at /sys/kernel/tracing");
     Ok(())
 }

@@ -5,7 +5,9 @@
 //! are seeded into the tracer, so their inbound connections are attributed,
 //! and connections older than the daemon go into the connection table with
 //! their owners, since the tracer never saw them start. Also the daemon's
-//! own memory and CPU time ([`self_usage`]) for `/metrics`.
+//! own memory and CPU time ([`self_usage`]) for `/metrics`, and the
+//! processes that hold a BPF link to a program ([`bpf_link_holders`]), to
+//! name the owner of a hook sluice cannot attach to.
 
 use std::{
     collections::HashMap,
@@ -231,6 +233,37 @@ pub fn self_usage() -> Option<(u64, f64)> {
     let cpu = (f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / ticks;
     let rss = f.get(21)?.parse::<u64>().ok()? * page;
     Some((rss, cpu))
+}
+
+/// The processes (pid, comm) holding an open BPF link to program
+/// `prog_id`, other than this one: their `fd/` links read
+/// `anon_inode:bpf_link` and the fd's `fdinfo` names the program. A link
+/// only pinned in bpffs has no holder.
+pub fn bpf_link_holders(prog_id: u32) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let want = format!("prog_id:\t{prog_id}\n");
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf_link")
+                && fs::read_to_string(p.path().join("fdinfo").join(fd.file_name())).is_ok_and(|t| t.contains(&want))
+        });
+        if holds {
+            let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push((pid, comm.trim().to_string()));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

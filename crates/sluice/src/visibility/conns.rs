@@ -62,8 +62,9 @@ pub struct Conn {
     /// Closed connections seen from their start: how long they lived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
-    /// Kernel socket address; 0 for a connection not yet reported by the
-    /// tracer.
+    /// Kernel socket address (the table's key); 0 for a connection not yet
+    /// reported by the tracer. A kernel pointer: never shown.
+    #[serde(skip)]
     pub sock: u64,
     /// Table order: a counter bumped on every change.
     #[serde(skip)]

@@ -238,6 +238,7 @@ mod tests {
     fn conn_events_decode_addresses_comm_and_duration() {
         let mut c = EvConn {
             pid: 7,
+            sock: 0xffff_8881_0000_1234,
             family: 6,
             oldstate: 1,
             newstate: 7,
@@ -262,6 +263,7 @@ mod tests {
             assert!(json.get(k).is_some(), "{k} missing: {json}");
         }
         assert_eq!(json["kind"], "conn");
+        assert!(json.get("sock").is_none(), "a kernel address in the output: {json}");
     }
 
     #[test]

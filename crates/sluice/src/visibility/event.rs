@@ -70,6 +70,9 @@ pub struct ConnEvent {
     /// On close: time since the first state change seen, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    /// The kernel's socket address, to follow one socket: a kernel
+    /// pointer, so never in any output.
+    #[serde(skip)]
     pub sock: u64,
     /// Kernel time stamp (CLOCK_MONOTONIC ns); not part of the JSON.
     #[serde(skip)]

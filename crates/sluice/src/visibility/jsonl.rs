@@ -22,12 +22,24 @@ pub struct JsonlSink {
     size: u64,
 }
 
+/// Opens the log for appending: created 0600 (events name processes,
+/// addresses and containers), never through a symlink.
+fn open_private(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 impl JsonlSink {
     pub fn open(path: &Path, max_bytes: u64, keep: u32) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let file = fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_private(path)?;
         let size = file.metadata()?.len();
         Ok(JsonlSink {
             path: path.to_path_buf(),
@@ -53,7 +65,7 @@ impl JsonlSink {
                 let _ = fs::rename(self.rotated(n), self.rotated(n + 1));
             }
             fs::rename(&self.path, self.rotated(1))?;
-            self.file = fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.file = open_private(&self.path)?;
         }
         self.size = 0;
         Ok(())

@@ -2,12 +2,18 @@
 //! records from `bpf/include/l7_capture.h`) into paired request/response
 //! records.
 //!
-//! [`Assembler`] keys connections by (client, server) and puts each
-//! direction's segments back in TCP sequence order: duplicates and
-//! overlaps are trimmed, early segments wait (briefly, and within a byte
-//! bound) for the hole before them, and bytes that never come (lost
-//! segments, or the per-packet capture cap) are reported to the parser as a
-//! gap, which marks what was in flight as partial. The protocol parsers and
+//! [`Assembler`] keys connections by (client, server) as the client sees
+//! them, and puts each direction's segments back in TCP sequence order:
+//! duplicates and overlaps are trimmed, early segments wait (briefly, and
+//! within a byte bound) for the hole before them, and bytes that never come
+//! (lost segments, or the per-packet capture cap) are reported to the
+//! parser as a gap, which marks what was in flight as partial. A FIN ends
+//! its direction once the bytes before it are in (a response delimited by
+//! the close is recorded then, not at the idle flush); a RST, or both FINs,
+//! end the connection. A forwarded connection's packets carry the kernel's
+//! translation ([`Xlat`]): the target's replies count as the service's, so
+//! they pair with the requests the client sent to the service, and the
+//! record names both. The protocol parsers and
 //! the pairing live in [`sluice_proto::l7`]. Records go to the event hub, to
 //! the metrics and to the audit log ([`L7Log`] over
 //! [`crate::store::audit::AuditStore`]).
@@ -27,19 +33,53 @@ use sluice_proto::l7::{Conn, Dir, Exchange, Proto, Summary};
 use crate::store::audit::{AuditError, AuditRow, AuditStore};
 use crate::sys::time::Clock;
 
+/// The translation a packet of a forwarded connection goes through (the
+/// kernel's forward state when it was captured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Xlat {
+    /// Client -> service, sent on to this target.
+    Dnat { target: SocketAddr },
+    /// Target -> client, which sees it come from this service.
+    Snat { service: SocketAddr },
+}
+
+/// TCP flags of a capture that matter here.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
 /// One capture as the kernel sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
     pub ts_ns: u64,
     pub ifindex: u32,
+    /// The packet's addresses, before any translation.
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub proto: Proto,
     pub dir: Dir,
     pub seq: u32,
     /// Payload bytes the packet carried; `data` may hold fewer (the cap).
+    /// 0 only for a FIN or RST.
     pub payload_len: u32,
+    pub tcp_flags: u8,
+    pub xlat: Option<Xlat>,
     pub data: Vec<u8>,
+}
+
+impl Segment {
+    /// (client, server) as the client sees its connection, and the real
+    /// server behind a forwarded one.
+    fn ends(&self) -> (SocketAddr, SocketAddr, Option<SocketAddr>) {
+        let (src, target) = match self.xlat {
+            None => (self.src, None),
+            Some(Xlat::Dnat { target }) => (self.src, Some(target)),
+            Some(Xlat::Snat { service }) => (service, Some(self.src)),
+        };
+        match self.dir {
+            Dir::ToServer => (src, self.dst, target),
+            Dir::ToClient => (self.dst, src, target),
+        }
+    }
 }
 
 fn ip(family: u8, b: [u8; 16]) -> IpAddr {
@@ -50,21 +90,44 @@ fn ip(family: u8, b: [u8; 16]) -> IpAddr {
     }
 }
 
-/// Decodes an `EV_L7` record; None if it is not one or is malformed.
+/// Decodes an `EV_L7` record; None if it is not one or is malformed. Reads
+/// the previous version's 72-byte header too (no translation), which its
+/// programs may still write into the pinned ring.
 pub fn decode_segment(b: &[u8]) -> Option<Segment> {
-    if b.len() < abi::HDR {
+    if b.len() < abi::HDR_V1 {
         return None;
     }
-    // SAFETY: length checked; EvL7 is plain integers, valid for any bit
-    // pattern, and read_unaligned needs no alignment.
-    let h: EvL7 = unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<EvL7>()) };
+    // The header's length is the record's size less the payload's.
+    let mut hdr = [0u8; abi::HDR];
+    hdr[..abi::HDR_V1].copy_from_slice(&b[..abi::HDR_V1]);
+    // SAFETY: EvL7 is plain integers, valid for any bit pattern (the
+    // missing fields of a short header are zero), and read_unaligned needs
+    // no alignment.
+    let mut h: EvL7 = unsafe { std::ptr::read_unaligned(hdr.as_ptr().cast::<EvL7>()) };
     let cap = h.cap_len as usize;
-    if h.h.kind != ev::L7 || h.h.size as usize != abi::HDR + cap || b.len() < abi::HDR + cap || cap > abi::CAP {
+    let hlen = (h.h.size as usize).checked_sub(cap)?;
+    if h.h.kind != ev::L7 || (hlen != abi::HDR && hlen != abi::HDR_V1) || b.len() < hlen + cap || cap > abi::CAP {
         return None;
+    }
+    if hlen == abi::HDR {
+        // SAFETY: as above, with the whole header present.
+        h = unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<EvL7>()) };
+    } else {
+        h.flags = 0;
     }
     if cap as u32 > h.payload_len {
         return None;
     }
+    if h.payload_len == 0 && h.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
+        return None;
+    }
+    let x = SocketAddr::new(ip(h.family, h.xaddr), h.xport);
+    let xlat = match h.flags {
+        0 => None,
+        abi::F_DNAT => Some(Xlat::Dnat { target: x }),
+        abi::F_SNAT => Some(Xlat::Snat { service: x }),
+        _ => return None,
+    };
     let proto = match h.proto {
         abi::HTTP => Proto::Http,
         abi::REDIS => Proto::Redis,
@@ -85,7 +148,9 @@ pub fn decode_segment(b: &[u8]) -> Option<Segment> {
         dir,
         seq: h.seq,
         payload_len: h.payload_len,
-        data: b[abi::HDR..abi::HDR + cap].to_vec(),
+        tcp_flags: h.tcp_flags,
+        xlat,
+        data: b[hlen..hlen + cap].to_vec(),
     })
 }
 
@@ -100,8 +165,14 @@ pub struct L7Record {
     pub interface: String,
     pub client: IpAddr,
     pub client_port: u16,
+    /// The server the client dialled (a forward's service address).
     pub server: IpAddr,
     pub server_port: u16,
+    /// For a forwarded connection, the target that really answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Summary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +222,17 @@ struct Stream {
     /// Early segments by sequence: (arrival ts, payload_len, bytes).
     pending: BTreeMap<u32, (u64, u32, Vec<u8>)>,
     pending_bytes: usize,
+    /// A FIN seen: (sequence number it ends the stream at, arrival ts).
+    fin: Option<(u32, u64)>,
+    /// The FIN was reached: the parser was told, nothing more comes.
+    ended: bool,
+}
+
+impl Stream {
+    /// Something waits for a hole to fill: early segments or the FIN.
+    fn waiting(&self) -> bool {
+        !self.pending.is_empty() || self.fin.is_some()
+    }
 }
 
 struct ConnState {
@@ -158,6 +240,8 @@ struct ConnState {
     streams: [Stream; 2],
     last_ns: u64,
     ifindex: u32,
+    /// The real server of a forwarded connection.
+    target: Option<SocketAddr>,
 }
 
 fn idx(d: Dir) -> usize {
@@ -183,7 +267,43 @@ impl ConnState {
     fn segment(&mut self, s: Segment, out: &mut Vec<Exchange>) {
         let dir = s.dir;
         let st = &mut self.streams[idx(dir)];
-        let next = *st.next.get_or_insert(s.seq);
+        if st.ended {
+            return; // a retransmission after the FIN
+        }
+        st.next.get_or_insert(s.seq);
+        if s.tcp_flags & TCP_FIN != 0 {
+            st.fin = Some((s.seq.wrapping_add(s.payload_len), s.ts_ns));
+        }
+        if s.payload_len > 0 {
+            self.data(s, out);
+        }
+        self.check_end(dir, out);
+    }
+
+    /// Ends the direction once its FIN is reached.
+    fn check_end(&mut self, dir: Dir, out: &mut Vec<Exchange>) {
+        let st = &mut self.streams[idx(dir)];
+        let (Some((fin, _)), Some(next)) = (st.fin, st.next) else {
+            return;
+        };
+        if fin.wrapping_sub(next) as i32 > 0 {
+            return; // bytes before the FIN are still missing
+        }
+        st.fin = None;
+        st.ended = true;
+        st.pending.clear();
+        st.pending_bytes = 0;
+        out.extend(self.conn.end(dir));
+    }
+
+    fn ended(&self) -> bool {
+        self.streams.iter().all(|s| s.ended)
+    }
+
+    fn data(&mut self, s: Segment, out: &mut Vec<Exchange>) {
+        let dir = s.dir;
+        let st = &mut self.streams[idx(dir)];
+        let next = st.next.unwrap_or(s.seq);
         let rel = s.seq.wrapping_sub(next) as i32;
         if rel > 0 {
             // Early: wait for the hole, within bounds.
@@ -226,26 +346,32 @@ impl ConnState {
         }
     }
 
-    /// Gives up on the hole before the earliest waiting segment.
+    /// Gives up on the hole before the earliest waiting segment (or the
+    /// FIN).
     fn skip_hole(&mut self, dir: Dir, out: &mut Vec<Exchange>) {
         let st = &mut self.streams[idx(dir)];
-        let (Some(next), Some(first)) = (
-            st.next,
-            st.pending
-                .keys()
-                .copied()
-                .min_by_key(|s| s.wrapping_sub(st.next.unwrap_or(0))),
-        ) else {
+        let Some(next) = st.next else { return };
+        let Some(first) = st
+            .pending
+            .keys()
+            .copied()
+            .chain(st.fin.map(|f| f.0))
+            .min_by_key(|s| s.wrapping_sub(next))
+        else {
             return;
         };
         let hole = first.wrapping_sub(next);
         st.next = Some(first);
         self.conn.gap(dir, hole as u64);
         self.drain(dir, out);
+        self.check_end(dir, out);
     }
 
     fn oldest_pending(&self) -> Option<u64> {
-        self.streams.iter().flat_map(|s| s.pending.values().map(|p| p.0)).min()
+        self.streams
+            .iter()
+            .flat_map(|s| s.pending.values().map(|p| p.0).chain(s.fin.map(|f| f.1)))
+            .min()
     }
 }
 
@@ -259,7 +385,10 @@ pub struct Assembler {
 #[derive(Clone, Debug)]
 pub struct Done {
     pub client: SocketAddr,
+    /// As the client dialled it.
     pub server: SocketAddr,
+    /// The real server of a forwarded connection.
+    pub target: Option<SocketAddr>,
     pub ifindex: u32,
     pub exchange: Exchange,
 }
@@ -274,25 +403,23 @@ impl Assembler {
     }
 
     pub fn segment(&mut self, s: Segment) -> Vec<Done> {
-        let key = match s.dir {
-            Dir::ToServer => ConnKey {
-                client: s.src,
-                server: s.dst,
-            },
-            Dir::ToClient => ConnKey {
-                client: s.dst,
-                server: s.src,
-            },
-        };
+        let (client, server, target) = s.ends();
+        let key = ConnKey { client, server };
         let mut done = Vec::new();
-        if !self.conns.contains_key(&key) && self.conns.len() >= MAX_CONNS {
-            // Full: forget the least recently seen sixteenth in one pass, so
-            // a flood of new connections costs one scan per 4096, not each.
-            let mut by_age: Vec<(u64, ConnKey)> = self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
-            let n = MAX_CONNS / 16;
-            by_age.select_nth_unstable_by_key(n, |(t, _)| *t);
-            for (_, k) in by_age.into_iter().take(n) {
-                done.extend(self.flush(k));
+        if !self.conns.contains_key(&key) {
+            if s.payload_len == 0 {
+                return done; // the end of a connection never followed
+            }
+            if self.conns.len() >= MAX_CONNS {
+                // Full: forget the least recently seen sixteenth in one pass,
+                // so a flood of new connections costs one scan per 4096, not
+                // each.
+                let mut by_age: Vec<(u64, ConnKey)> = self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+                let n = MAX_CONNS / 16;
+                by_age.select_nth_unstable_by_key(n, |(t, _)| *t);
+                for (_, k) in by_age.into_iter().take(n) {
+                    done.extend(self.flush(k));
+                }
             }
         }
         let st = self.conns.entry(key).or_insert_with(|| ConnState {
@@ -300,20 +427,30 @@ impl Assembler {
             streams: Default::default(),
             last_ns: s.ts_ns,
             ifindex: s.ifindex,
+            target: None,
         });
         st.last_ns = st.last_ns.max(s.ts_ns);
         if s.dir == Dir::ToServer {
             st.ifindex = s.ifindex;
         }
+        if target.is_some() {
+            st.target = target;
+        }
+        let rst = s.tcp_flags & TCP_RST != 0;
         let mut ex = Vec::new();
         st.segment(s, &mut ex);
-        let ifindex = st.ifindex;
+        let (ifindex, target, over) = (st.ifindex, st.target, rst || st.ended());
         done.extend(ex.into_iter().map(|exchange| Done {
-            client: key.client,
-            server: key.server,
+            client,
+            server,
+            target,
             ifindex,
             exchange,
         }));
+        if over {
+            // Reset, or both sides closed: nothing more will be paired.
+            done.extend(self.flush(key));
+        }
         done
     }
 
@@ -323,7 +460,7 @@ impl Assembler {
         };
         let mut ex = Vec::new();
         for d in [Dir::ToServer, Dir::ToClient] {
-            if !st.streams[idx(d)].pending.is_empty() {
+            if st.streams[idx(d)].waiting() {
                 st.skip_hole(d, &mut ex);
             }
         }
@@ -332,6 +469,7 @@ impl Assembler {
             .map(|exchange| Done {
                 client: key.client,
                 server: key.server,
+                target: st.target,
                 ifindex: st.ifindex,
                 exchange,
             })
@@ -351,6 +489,7 @@ impl Assembler {
         for k in idle {
             done.extend(self.flush(k));
         }
+        let mut over = Vec::new();
         for (k, st) in self.conns.iter_mut() {
             if st
                 .oldest_pending()
@@ -358,17 +497,24 @@ impl Assembler {
             {
                 let mut ex = Vec::new();
                 for d in [Dir::ToServer, Dir::ToClient] {
-                    if !st.streams[idx(d)].pending.is_empty() {
+                    if st.streams[idx(d)].waiting() {
                         st.skip_hole(d, &mut ex);
                     }
                 }
                 done.extend(ex.into_iter().map(|exchange| Done {
                     client: k.client,
                     server: k.server,
+                    target: st.target,
                     ifindex: st.ifindex,
                     exchange,
                 }));
+                if st.ended() {
+                    over.push(*k);
+                }
             }
+        }
+        for k in over {
+            done.extend(self.flush(k));
         }
         done
     }
@@ -431,7 +577,8 @@ impl L7Log {
         });
     }
 
-    /// Records, oldest first: the newest `limit` matching the filters.
+    /// Records in request order (by `ts_ns`, the request's time), oldest
+    /// first: the newest `limit` matching the filters.
     pub fn query(
         &self,
         proto: Option<Proto>,
@@ -483,6 +630,8 @@ impl L7Stage {
             client_port: d.client.port(),
             server: d.server.ip(),
             server_port: d.server.port(),
+            target: d.target.map(|t| t.ip()),
+            target_port: d.target.map(|t| t.port()),
             request: e.request.clone(),
             response: e.response.clone(),
             status: status.clone(),
@@ -527,8 +676,164 @@ mod tests {
             dir,
             seq,
             payload_len,
+            tcp_flags: 0,
+            xlat: None,
             data: data.to_vec(),
         }
+    }
+
+    /// An HTTP capture between `src` and `dst` (FIN set if `fin`).
+    #[allow(clippy::too_many_arguments)]
+    fn http(src: &str, dst: &str, dir: Dir, seq: u32, data: &[u8], fin: bool, xlat: Option<Xlat>, ts: u64) -> Segment {
+        Segment {
+            ts_ns: ts,
+            ifindex: 1,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: Proto::Http,
+            dir,
+            seq,
+            payload_len: data.len() as u32,
+            tcp_flags: if fin { TCP_FIN } else { 0 },
+            xlat,
+            data: data.to_vec(),
+        }
+    }
+
+    fn status(d: &Done) -> Option<u16> {
+        match &d.exchange.response {
+            Some(Summary::HttpResponse { status, .. }) => Some(*status),
+            _ => None,
+        }
+    }
+
+    fn path(d: &Done) -> Option<&str> {
+        match &d.exchange.request {
+            Some(Summary::HttpRequest { path, .. }) => Some(path),
+            _ => None,
+        }
+    }
+
+    const C: &str = "198.18.1.2:40000";
+    const S: &str = "198.18.2.2:80";
+    const GET: &[u8] = b"GET /old HTTP/1.0\r\nHost: s\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nthe body, until the close";
+
+    #[test]
+    fn the_servers_fin_finishes_a_close_delimited_response_at_once() {
+        let mut a = Assembler::new();
+        assert!(a
+            .segment(http(C, S, Dir::ToServer, 100, GET, false, None, 10))
+            .is_empty());
+        assert!(a
+            .segment(http(S, C, Dir::ToClient, 500, RESP, false, None, 20))
+            .is_empty());
+        // The FIN alone (no payload), right after the body.
+        let fin = http(S, C, Dir::ToClient, 500 + RESP.len() as u32, b"", true, None, 30);
+        let done = a.segment(fin);
+        assert_eq!(done.len(), 1, "the record is out at the FIN, not at the idle flush");
+        assert_eq!((path(&done[0]), status(&done[0])), (Some("/old"), Some(200)));
+        assert_eq!(done[0].exchange.latency_ns(), Some(10));
+        assert_eq!(done[0].exchange.resp_bytes, RESP.len() as u64);
+        assert!(!done[0].exchange.partial);
+        assert_eq!(done[0].target, None);
+        // The client's FIN closes the connection: forgotten, nothing more.
+        let cfin = http(C, S, Dir::ToServer, 100 + GET.len() as u32, b"", true, None, 31);
+        assert!(a.segment(cfin).is_empty());
+        assert_eq!(a.connections(), 0);
+        assert!(a.tick(31 + IDLE_NS + 1).is_empty(), "nothing is reported twice");
+        // A stray FIN of a connection never seen is no connection.
+        assert!(a.segment(http(S, C, Dir::ToClient, 9, b"", true, None, 40)).is_empty());
+        assert_eq!(a.connections(), 0);
+    }
+
+    #[test]
+    fn a_fin_waits_for_the_bytes_before_it() {
+        let mut a = Assembler::new();
+        a.segment(http(C, S, Dir::ToServer, 100, GET, false, None, 10));
+        let (h1, rest) = RESP.split_at(20);
+        let (h2, h3) = rest.split_at(10);
+        a.segment(http(S, C, Dir::ToClient, 500, h1, false, None, 20));
+        // The FIN (with the last bytes) overtakes the middle.
+        let last = http(S, C, Dir::ToClient, 530, h3, true, None, 21);
+        assert!(a.segment(last).is_empty(), "the middle is still missing");
+        let done = a.segment(http(S, C, Dir::ToClient, 520, h2, false, None, 22));
+        assert_eq!(done.len(), 1);
+        assert_eq!(status(&done[0]), Some(200));
+        assert!(!done[0].exchange.partial);
+
+        // A hole before the FIN that never fills: skipped after the wait,
+        // and the response ends partial.
+        let mut a = Assembler::new();
+        a.segment(http(C, S, Dir::ToServer, 100, GET, false, None, 10));
+        a.segment(http(S, C, Dir::ToClient, 500, h1, false, None, 20));
+        assert!(a
+            .segment(http(S, C, Dir::ToClient, 500 + RESP.len() as u32, b"", true, None, 30))
+            .is_empty());
+        assert!(a.tick(30 + HOLE_WAIT_NS / 2).is_empty());
+        let done = a.tick(30 + HOLE_WAIT_NS + 1);
+        assert_eq!(done.len(), 1);
+        assert_eq!(status(&done[0]), Some(200));
+        assert!(done[0].exchange.partial);
+    }
+
+    #[test]
+    fn a_reset_ends_the_connection() {
+        let mut a = Assembler::new();
+        a.segment(http(C, S, Dir::ToServer, 100, GET, false, None, 10));
+        let mut rst = http(S, C, Dir::ToClient, 500, b"", false, None, 20);
+        rst.tcp_flags = TCP_RST;
+        let done = a.segment(rst);
+        assert_eq!(done.len(), 1);
+        assert_eq!(path(&done[0]), Some("/old"));
+        assert!(done[0].exchange.response.is_none() && done[0].exchange.partial);
+        assert_eq!(a.connections(), 0);
+    }
+
+    #[test]
+    fn a_forwarded_exchange_pairs_across_the_translation() {
+        // The client dials the service; the kernel sends the request on to
+        // the target (captured before, so addressed to the service) and the
+        // target's reply comes back from the target (captured before its
+        // reverse translation).
+        let (svc, target) = ("198.18.250.1:80", "198.18.2.2:8080");
+        let to_target = Some(Xlat::Dnat {
+            target: target.parse().unwrap(),
+        });
+        let from_service = Some(Xlat::Snat {
+            service: svc.parse().unwrap(),
+        });
+        let mut a = Assembler::new();
+        let req = b"GET /fwd HTTP/1.1\r\nHost: svc\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        assert!(a
+            .segment(http(C, svc, Dir::ToServer, 1, req, false, to_target, 10))
+            .is_empty());
+        let done = a.segment(http(target, C, Dir::ToClient, 7, resp, false, from_service, 20));
+        assert_eq!(a.connections(), 1, "one connection, not two halves");
+        assert_eq!(done.len(), 1);
+        let d = &done[0];
+        assert_eq!((path(d), status(d)), (Some("/fwd"), Some(200)));
+        assert!(!d.exchange.partial);
+        assert_eq!(d.exchange.latency_ns(), Some(10));
+        assert_eq!(d.client, C.parse().unwrap());
+        assert_eq!(d.server, svc.parse().unwrap(), "the service the client dialled");
+        assert_eq!(d.target, Some(target.parse().unwrap()), "and who answered");
+        // Both FINs close it, with nothing left over.
+        let fin = http(
+            target,
+            C,
+            Dir::ToClient,
+            7 + resp.len() as u32,
+            b"",
+            true,
+            from_service,
+            30,
+        );
+        assert!(a.segment(fin).is_empty());
+        let fin = http(C, svc, Dir::ToServer, 1 + req.len() as u32, b"", true, to_target, 31);
+        assert!(a.segment(fin).is_empty());
+        assert_eq!(a.connections(), 0);
     }
 
     fn cmds(done: &[Done]) -> Vec<(String, bool)> {
@@ -621,10 +926,48 @@ mod tests {
         let s = decode_segment(&b).unwrap();
         assert_eq!(s.src, "198.18.1.2:40000".parse().unwrap());
         assert_eq!((s.seq, s.payload_len, s.data.as_slice()), (77, 10, &b"GET "[..]));
+        assert_eq!(s.xlat, None);
         assert!(decode_segment(&b[..abi::HDR + 2]).is_none(), "truncated");
         let mut bad = b.clone();
         bad[29] = 9; // proto (after h, ifindex, seq, ports, family)
         assert!(decode_segment(&bad).is_none());
         assert!(decode_segment(&[0u8; 10]).is_none());
+
+        // The previous version's 72-byte header (its programs may still
+        // write into the pinned ring): the same segment, untranslated.
+        let mut old = b[..abi::HDR_V1].to_vec();
+        old[2..4].copy_from_slice(&((abi::HDR_V1 + 4) as u16).to_ne_bytes());
+        old.extend_from_slice(b"GET ");
+        let o = decode_segment(&old).unwrap();
+        assert_eq!((o.src, o.dst, o.xlat, o.data), (s.src, s.dst, None, s.data.clone()));
+        assert!(decode_segment(&old[..abi::HDR_V1 + 2]).is_none(), "truncated");
+
+        // A forwarded reply: the service it stands for.
+        let mut x = h;
+        x.flags = abi::F_SNAT;
+        x.xaddr[..4].copy_from_slice(&[198, 18, 250, 1]);
+        x.xport = 80;
+        // SAFETY: as above.
+        let mut b = unsafe { std::slice::from_raw_parts((&x as *const EvL7).cast::<u8>(), abi::HDR) }.to_vec();
+        b.extend_from_slice(b"GET ");
+        let service = "198.18.250.1:80".parse().unwrap();
+        assert_eq!(decode_segment(&b).unwrap().xlat, Some(Xlat::Snat { service }));
+        b[38] = 7; // flags: unknown
+        assert!(decode_segment(&b).is_none());
+
+        // A FIN alone is a segment; an empty capture without FIN or RST is
+        // not.
+        let mut f = h;
+        f.payload_len = 0;
+        f.cap_len = 0;
+        f.h.size = abi::HDR as u16;
+        f.tcp_flags = TCP_FIN | 0x10;
+        // SAFETY: as above.
+        let b = unsafe { std::slice::from_raw_parts((&f as *const EvL7).cast::<u8>(), abi::HDR) }.to_vec();
+        let s = decode_segment(&b).unwrap();
+        assert_eq!((s.payload_len, s.tcp_flags & TCP_FIN), (0, TCP_FIN));
+        let mut b = b;
+        b[31] = 0x10; // ACK only
+        assert!(decode_segment(&b).is_none());
     }
 }
