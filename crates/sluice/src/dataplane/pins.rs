@@ -49,6 +49,7 @@ fn expected_maps(cap: Capacity) -> Vec<MapShape> {
     v.extend([
         shape::<u32, Counter>(names::RULE_COUNTERS, MapType::PerCpuArray, cap.max_rules),
         shape::<u32, Counter>(names::STATS, MapType::PerCpuArray, stat::COUNT),
+        shape::<u32, Counter>(names::STATS_EXT, MapType::PerCpuArray, stat::ALL - stat::COUNT),
         shape::<u32, FwConfig>(names::CONFIG, MapType::Array, 1),
         shape::<u32, LimitRule>(names::LIMITS, MapType::Array, 2 * lim),
         shape::<u32, u32>(names::LIMIT_SELECT, MapType::Array, 1),

@@ -125,7 +125,7 @@ impl FirewallTables for MemFirewallTables {
     }
 
     fn stats(&self) -> Result<Vec<Counter>, DataplaneError> {
-        Ok(vec![Counter::default(); sluice_abi::stat::COUNT as usize])
+        Ok(vec![Counter::default(); sluice_abi::stat::ALL as usize])
     }
 
     fn capacity(&self) -> u32 {
