@@ -131,6 +131,14 @@ static __always_inline int parse_ipv6(void *cur, void *end, struct pkt *p, void 
 			return PARSE_OK;
 		}
 	}
+	/* SLUICE_MAX_IPV6_EXT headers walked: the transport header may follow
+	 * the last of them; one more extension header is beyond the bound. */
+	if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING && nexthdr != IPPROTO_DSTOPTS &&
+	    nexthdr != IPPROTO_AH && nexthdr != IPPROTO_FRAGMENT) {
+		p->l4proto = nexthdr;
+		parse_l4(cur, end, p, data);
+		return PARSE_OK;
+	}
 l4_bad:
 	/* Addresses are valid; only the transport header is out of reach. */
 	p->l4proto = nexthdr;

@@ -240,7 +240,7 @@ fn tcp_and_udp_over_ipv6_with_extension_headers() {
         "[2001:2:0:2::3]:53",
         |p| {
             p.with_vlans(&[0, 1, 2, 3, 4, 5, 6, 4095])
-                .with_ipv6_ext(&[60; sluice_abi::MAX_IPV6_EXT - 1])
+                .with_ipv6_ext(&[60; sluice_abi::MAX_IPV6_EXT])
         },
     );
 }

@@ -423,6 +423,10 @@ fn ipv6_extension_chains_within_and_beyond_the_bound() {
     };
     let ok = chain(sluice_abi::MAX_IPV6_EXT - 1);
     assert_eq!(f.run_counted(&ok), (XDP_DROP, vec![stat::DENY]));
+    // Exactly as many as the bound: all walked, and the transport header
+    // behind them is reached too.
+    let full = chain(sluice_abi::MAX_IPV6_EXT);
+    assert_eq!(f.run_counted(&full), (XDP_DROP, vec![stat::DENY]));
     // One more header than the walk allows: the addresses are still known and
     // enforced; only the transport header is reported as out of reach.
     let long = chain(sluice_abi::MAX_IPV6_EXT + 1);
