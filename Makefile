@@ -32,7 +32,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 bench: setup
-	$(CARGO) bench -p sluice --bench firewall --bench limits --bench events --bench forward --bench l7_load
+	$(CARGO) bench -p sluice --bench firewall --bench limits --bench events --bench forward --bench l7_load --bench differential
 	$(CARGO) bench -p sluice-proto --bench l7_parsers
 
 ## The one-minute tour's sandbox.

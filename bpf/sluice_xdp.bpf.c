@@ -5,8 +5,10 @@
  *
  * Pipeline per packet: parse -> allow tries (src, dst) -> deny tries
  * (src, dst) -> rate limits -> PASS. Allow wins over deny and skips the
- * limits. Each matched rule's per-CPU counters are bumped, and every packet
- * lands in exactly one verdict counter of sl_stats. Rules, buckets and
+ * limits. A frame with more VLAN tags than the parser follows is dropped
+ * while a deny rule or a limit is in force (its addresses are unknown).
+ * Each matched rule's per-CPU counters are bumped, and every packet lands
+ * in exactly one verdict counter (sl_stats, sl_stats_ext). Rules, buckets and
  * counters are pinned by name, so enforcement outlives the daemon and a
  * restarted daemon finds the same tables. Only the sampling counter
  * (sl_ev_sample) and the drop-event rate window (sl_ev_rl) are not: a new
@@ -54,6 +56,16 @@ struct {
 	__uint(max_entries, STAT_COUNT);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_stats SEC(".maps");
+
+/* Verdicts added after sl_stats was pinned with STAT_COUNT entries: index
+ * (stat - STAT_COUNT). A new map, so pins of earlier versions stay valid. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, STAT_ALL - STAT_COUNT);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_stats_ext SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -345,6 +357,19 @@ static __always_inline __u32 limited(struct pkt *p, __u64 len)
 	return c.dropped;
 }
 
+/* Whether any rule could drop a packet: a non-empty deny table or a limit
+ * rule. (Allow rules alone never drop anything.) */
+static __always_inline int rules_may_drop(void)
+{
+	__u32 zero = 0;
+	__u32 deny = (1u << FW_DENY_SRC4) | (1u << FW_DENY_DST4) | (1u << FW_DENY_SRC6) | (1u << FW_DENY_DST6);
+	struct fw_config *cfg = bpf_map_lookup_elem(&sl_config, &zero);
+	if (cfg && (cfg->table_mask & deny))
+		return 1;
+	__u32 *sel = bpf_map_lookup_elem(&sl_lim_sel, &zero);
+	return sel && (*sel & ((1u << SLUICE_LIM_SEL_SHIFT) - 1));
+}
+
 /* Which rule decided, for drop events. */
 struct why {
 	__u8 kind; /* enum rule_kind */
@@ -355,7 +380,10 @@ struct why {
  * (rate-limited per CPU) or a sampled packet event. */
 static __always_inline void verdict(struct xdp_md *ctx, struct pkt *p, __u32 idx, __u64 len, struct why w)
 {
-	count(&sl_stats, idx, len);
+	if (idx < STAT_COUNT)
+		count(&sl_stats, idx, len);
+	else
+		count(&sl_stats_ext, idx - STAT_COUNT, len);
 	struct if_stat_key k = { .ifindex = ctx->ingress_ifindex, .verdict = idx };
 	struct counter *c = bpf_map_lookup_elem(&sl_if_stats, &k);
 	if (!c) {
@@ -372,7 +400,7 @@ static __always_inline void verdict(struct xdp_md *ctx, struct pkt *p, __u32 idx
 	struct ev_config *cfg = bpf_map_lookup_elem(&sl_ev_cfg, &zero);
 	if (!cfg)
 		return;
-	int drop = idx == STAT_DENY || idx == STAT_LIMIT;
+	int drop = idx == STAT_DENY || idx == STAT_LIMIT || idx == STAT_TOO_MANY_TAGS;
 	__u16 kind = EV_PACKET;
 	__u32 lost = EVL_PACKET;
 	if (drop) {
@@ -427,6 +455,16 @@ int sluice_xdp(struct xdp_md *ctx)
 	__u32 zero = 0, hit;
 
 	int rc = parse_pkt(data, end, &p);
+	if (rc == PARSE_TOO_DEEP) {
+		/* Addresses out of reach, yet the kernel may deliver the frame:
+		 * drop it while any rule could drop a packet; with none, pass it
+		 * as unparsed like any other. */
+		if (rules_may_drop()) {
+			verdict(ctx, &p, STAT_TOO_MANY_TAGS, len, w);
+			return XDP_DROP;
+		}
+		rc = PARSE_BAD;
+	}
 	if (rc != PARSE_OK) {
 		verdict(ctx, &p, rc == PARSE_NON_IP ? STAT_NON_IP : STAT_UNPARSED, len, w);
 		return XDP_PASS;

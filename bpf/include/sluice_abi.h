@@ -74,21 +74,35 @@ struct fw_config {
 	__u32 table_mask;
 };
 
-/* Indexes into sl_stats. Every packet lands in exactly one of the first
- * STAT_VERDICTS entries; the entries after that are extra notes. */
+/* Verdict and note counters. Every packet lands in exactly one verdict:
+ * an index below STAT_VERDICTS, or STAT_TOO_MANY_TAGS; FRAGMENT and
+ * L4_UNPARSED are extra notes. Indexes below STAT_COUNT live in sl_stats,
+ * whose size is fixed by pins of earlier versions; later ones live in
+ * sl_stats_ext at (index - STAT_COUNT). */
 enum stat_idx {
 	STAT_PASS = 0,     /* parsed, no rule dropped it: XDP_PASS */
 	STAT_ALLOW = 1,    /* matched an allow rule: XDP_PASS */
 	STAT_DENY = 2,     /* matched a deny rule: XDP_DROP */
 	STAT_LIMIT = 3,    /* over a rate limit: XDP_DROP */
-	STAT_UNPARSED = 4, /* L2/L3 header truncated or malformed: XDP_PASS */
+	STAT_UNPARSED = 4, /* L2/L3 header truncated or malformed, or more than
+			    * SLUICE_MAX_VLAN tags with no rule that drops:
+			    * XDP_PASS */
 	STAT_NON_IP = 5,   /* neither IPv4 nor IPv6 (ARP, LLDP, ...): XDP_PASS */
 	STAT_VERDICTS = 6,
 	STAT_FRAGMENT = 6,     /* note: IP fragment other than the first */
 	STAT_L4_UNPARSED = 7,  /* note: L4 header truncated or beyond the
 				* IPv6 extension-header bound */
-	STAT_COUNT = 8,
+	STAT_COUNT = 8,        /* entries of sl_stats */
+	STAT_TOO_MANY_TAGS = 8, /* more than SLUICE_MAX_VLAN tags while a deny
+				 * rule or a limit is in force: XDP_DROP */
+	STAT_ALL = 9,
 };
+
+/* Most stacked VLAN tags (802.1Q or 802.1ad) the parser follows to the IP
+ * header. The kernel strips stacked priority tags (VID 0; 6.18 up to 8) and
+ * the tags of its VLAN devices, so a frame with more tags is dropped while
+ * a rule could drop it (STAT_TOO_MANY_TAGS), never passed unjudged. */
+#define SLUICE_MAX_VLAN 8
 
 /* ---- Rate limits (flow control) ---- */
 

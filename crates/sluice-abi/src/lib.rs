@@ -17,6 +17,8 @@ pub const ABI_VERSION: u32 = 4;
 pub const DEFAULT_MAX_RULES: u32 = 65536;
 /// `SLUICE_MAX_IPV6_EXT`: bound on the IPv6 extension-header walk.
 pub const MAX_IPV6_EXT: usize = 8;
+/// `SLUICE_MAX_VLAN`: most stacked VLAN tags the parser follows.
+pub const MAX_VLAN: usize = 8;
 /// `SLUICE_MAX_LIMITS`: most limit rules at once.
 pub const MAX_LIMITS: u32 = 64;
 /// `SLUICE_DEFAULT_LIMIT_SOURCES`: default per-source LRU capacity.
@@ -191,7 +193,8 @@ impl FwTable {
     }
 }
 
-/// `enum stat_idx`: indexes into `sl_stats`.
+/// `enum stat_idx`: the verdict and note counters. Indexes below [`stat::COUNT`]
+/// live in `sl_stats`, the later ones in `sl_stats_ext` at `index - COUNT`.
 pub mod stat {
     pub const PASS: u32 = 0;
     pub const ALLOW: u32 = 1;
@@ -199,13 +202,19 @@ pub mod stat {
     pub const LIMIT: u32 = 3;
     pub const UNPARSED: u32 = 4;
     pub const NON_IP: u32 = 5;
-    /// Every packet is counted in exactly one index below this.
+    /// The verdicts of `sl_stats` are the indexes below this (see [`is_verdict`]).
     pub const VERDICTS: u32 = 6;
     pub const FRAGMENT: u32 = 6;
     pub const L4_UNPARSED: u32 = 7;
+    /// Entries of `sl_stats` (fixed: pins of earlier versions have this many).
     pub const COUNT: u32 = 8;
+    /// More than [`crate::MAX_VLAN`] tags while a deny rule or a limit is in
+    /// force: dropped. Entry 0 of `sl_stats_ext`.
+    pub const TOO_MANY_TAGS: u32 = 8;
+    /// Every index, both maps.
+    pub const ALL: u32 = 9;
     /// Names used by `status` and the API, by index.
-    pub const NAMES: [&str; COUNT as usize] = [
+    pub const NAMES: [&str; ALL as usize] = [
         "pass",
         "allow",
         "deny",
@@ -214,7 +223,14 @@ pub mod stat {
         "non_ip",
         "fragment",
         "l4_unparsed",
+        "too_many_tags",
     ];
+
+    /// Whether index `i` is a verdict (every packet lands in exactly one)
+    /// rather than a note.
+    pub const fn is_verdict(i: u32) -> bool {
+        i < VERDICTS || i == TOO_MANY_TAGS
+    }
 }
 
 /// Names in the compiled XDP object.
@@ -232,8 +248,10 @@ pub mod xdp {
     pub const PENDING: &str = "sl_fw_pending";
     /// Per rule slot: the parent's slot + 1 of a pending entry.
     pub const RULE_PARENT: &str = "sl_rule_parent";
+    /// Verdict counters added after `sl_stats` (stat index - `stat::COUNT`).
+    pub const STATS_EXT: &str = "sl_stats_ext";
     /// Every map the object defines, table maps included.
-    pub const MAPS: [&str; 24] = [
+    pub const MAPS: [&str; 25] = [
         "sl_allow_src4",
         "sl_allow_dst4",
         "sl_allow_src6",
@@ -244,6 +262,7 @@ pub mod xdp {
         "sl_deny_dst6",
         RULE_COUNTERS,
         STATS,
+        STATS_EXT,
         CONFIG,
         PENDING,
         RULE_PARENT,
@@ -787,6 +806,7 @@ mod header_sync {
         assert_eq!(get("SLUICE_ABI_VERSION"), super::ABI_VERSION as i64);
         assert_eq!(get("SLUICE_DEFAULT_MAX_RULES"), super::DEFAULT_MAX_RULES as i64);
         assert_eq!(get("SLUICE_MAX_IPV6_EXT"), super::MAX_IPV6_EXT as i64);
+        assert_eq!(get("SLUICE_MAX_VLAN"), super::MAX_VLAN as i64);
         assert_eq!(get("SLUICE_MAX_LIMITS"), super::MAX_LIMITS as i64);
         assert_eq!(get("SLUICE_DEFAULT_LIMIT_SOURCES"), super::DEFAULT_LIMIT_SOURCES as i64);
         assert_eq!(get("SLUICE_LIM_SEL_SHIFT"), super::LIM_SEL_SHIFT as i64);
@@ -867,6 +887,8 @@ mod header_sync {
             ("STAT_FRAGMENT", FRAGMENT),
             ("STAT_L4_UNPARSED", L4_UNPARSED),
             ("STAT_COUNT", COUNT),
+            ("STAT_TOO_MANY_TAGS", TOO_MANY_TAGS),
+            ("STAT_ALL", ALL),
         ] {
             assert_eq!(get(n), v as i64, "{n}");
         }

@@ -276,6 +276,21 @@ impl Packet {
     }
 }
 
+/// `frame` with VLAN tags inserted after its MAC addresses, outermost first:
+/// each `(tpid, tci)` pair becomes a 4-byte tag (any TPID, any PCP/DEI/VID,
+/// for hostile stacks the builder's `vlans` cannot express).
+pub fn insert_tags(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    assert!(frame.len() >= 12, "a frame starts with two MAC addresses");
+    let mut f = Vec::with_capacity(frame.len() + 4 * tags.len());
+    f.extend_from_slice(&frame[..12]);
+    for (tpid, tci) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&tci.to_be_bytes());
+    }
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
 /// An ARP request frame (not IP: the firewall passes it as `non_ip`).
 pub fn arp_frame() -> Vec<u8> {
     let mut f = vec![0xff; 6];
@@ -338,6 +353,16 @@ mod tests {
         assert_eq!(&f[16..18], &ETH_P_8021Q.to_be_bytes());
         assert_eq!(&f[20..22], &ETH_P_IP.to_be_bytes());
         assert_eq!(f[22], 0x46); // IHL 6: 4 option bytes after padding
+    }
+
+    #[test]
+    fn inserted_tags_come_between_the_macs_and_the_ethertype() {
+        let plain = Packet::udp(v4("1.2.3.4"), v4("5.6.7.8"), 1, 2).build();
+        let f = insert_tags(&plain, &[(ETH_P_8021AD, 0x2005), (ETH_P_8021Q, 0)]);
+        assert_eq!(f.len(), plain.len() + 8);
+        assert_eq!(&f[..12], &plain[..12]);
+        assert_eq!(&f[12..20], &[0x88, 0xa8, 0x20, 0x05, 0x81, 0x00, 0, 0]);
+        assert_eq!(&f[20..], &plain[12..]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! DNAT program rewrote addresses and ports). It shares no code with
 //! [`crate::packet`]: the parser and the one's-complement sum are written
 //! again here, so that a bug in the builder cannot hide the same bug in the
-//! check. [`verify`] walks Ethernet (0-2 VLAN tags), IPv4 (with options) or
+//! check. [`verify`] walks Ethernet (0-8 VLAN tags), IPv4 (with options) or
 //! IPv6 (with hop-by-hop, routing, destination-options, fragment and AH
 //! extension headers), then TCP, UDP, ICMP or ICMPv6, and checks every
 //! length field and checksum it can.
@@ -40,7 +40,8 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 const TPID_8021Q: u16 = 0x8100;
 const TPID_8021AD: u16 = 0x88a8;
 const TPID_QINQ_LEGACY: u16 = 0x9100;
-const MAX_VLAN_TAGS: usize = 2;
+/// As many as the programs' parser follows (`SLUICE_MAX_VLAN`).
+const MAX_VLAN_TAGS: usize = 8;
 
 const NH_HOPOPTS: u8 = 0;
 const PROTO_ICMP: u8 = 1;
@@ -885,9 +886,10 @@ mod tests {
             Err(VerifyError::NotIp { ethertype: 0x0806 })
         );
         let mut f = Packet::tcp(ip("1.1.1.1"), ip("2.2.2.2"), 1, 2)
-            .with_vlans(&[1, 2])
+            .with_vlans(&[1, 2, 3, 4, 5, 6, 7, 8])
             .build();
-        f.splice(12..12, [0x81, 0x00, 0x00, 0x03]);
+        assert!(verify(&f).is_ok());
+        f.splice(12..12, [0x81, 0x00, 0x00, 0x09]);
         assert_eq!(verify(&f), Err(VerifyError::TooManyVlanTags));
         let f = Packet::tcp(ip("::1"), ip("::2"), 1, 2)
             .with_ipv6_ext(&[NH_DSTOPTS, NH_HOPOPTS])

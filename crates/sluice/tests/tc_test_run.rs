@@ -239,6 +239,19 @@ fn tcp_and_udp_over_ipv6_with_extension_headers() {
             p.with_ipv6_ext(&[0, 60]) // hop-by-hop, destination options
         },
     );
+    // Stacked tags (the parser follows 8) and the most extension headers
+    // the walk takes: the offsets are variables the programs must follow.
+    round_trip(
+        &mut f,
+        "udp",
+        "[2001:2:0:1::2]:40003",
+        "[2001:2:0:99::9]:53",
+        "[2001:2:0:2::3]:53",
+        |p| {
+            p.with_vlans(&[0, 1, 2, 3, 4, 5, 6, 4095])
+                .with_ipv6_ext(&[60; sluice_abi::MAX_IPV6_EXT])
+        },
+    );
 }
 
 #[test]

@@ -46,7 +46,7 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
                 bytes: c.bytes,
             };
             let name = stat::NAMES[i].to_string();
-            if (i as u32) < stat::VERDICTS {
+            if stat::is_verdict(i as u32) {
                 verdicts.insert(name, v);
             } else {
                 notes.insert(name, v);

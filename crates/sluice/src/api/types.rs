@@ -204,8 +204,8 @@ pub struct Status {
     #[serde(default)]
     pub forwarding: ForwardSummary,
     pub events: EventSummary,
-    /// Packets by verdict: pass, allow, deny, limit, unparsed, non_ip. Each packet
-    /// is counted once here.
+    /// Packets by verdict: pass, allow, deny, limit, unparsed, non_ip,
+    /// too_many_tags. Each packet is counted once here.
     pub verdicts: BTreeMap<String, CounterView>,
     /// Extra notes: fragment, l4_unparsed (also counted in a verdict).
     pub notes: BTreeMap<String, CounterView>,

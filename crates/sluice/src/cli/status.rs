@@ -110,7 +110,7 @@ pub(super) async fn status(c: &ClientOpts) -> Result<()> {
     println!("\npackets by verdict:");
     for name in sluice_abi::stat::NAMES {
         if let Some(v) = s.verdicts.get(name).or_else(|| s.notes.get(name)) {
-            println!("  {:<12} {:>14} pkts {:>16} bytes", name, v.packets, v.bytes);
+            println!("  {:<13} {:>14} pkts {:>16} bytes", name, v.packets, v.bytes);
         }
     }
     Ok(())

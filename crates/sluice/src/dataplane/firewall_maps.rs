@@ -1,6 +1,7 @@
 //! The firewall's maps in the XDP object: the eight LPM tries (allow/deny x
-//! src/dst x IPv4/IPv6), the per-rule counters, the verdict counters and
-//! the config word that says which tries hold entries. The firewall
+//! src/dst x IPv4/IPv6), the per-rule counters, the verdict counters (two
+//! maps: `sl_stats` and the later `sl_stats_ext`) and the config word that
+//! says which tries hold entries. The firewall
 //! controller reaches them through its `FirewallTables` seam.
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub struct FirewallMaps {
     v6: BTreeMap<FwTable, LpmTrie<MapData, [u8; 16], FwRule>>,
     rule_cnt: PerCpuArray<MapData, Counter>,
     stats: PerCpuArray<MapData, Counter>,
+    stats_ext: PerCpuArray<MapData, Counter>,
     config: Array<MapData, FwConfig>,
     pending: Array<MapData, u32>,
     parent: Array<MapData, u32>,
@@ -45,6 +47,7 @@ impl FirewallMaps {
             v6,
             rule_cnt: PerCpuArray::try_from(take(names::RULE_COUNTERS)?)?,
             stats: PerCpuArray::try_from(take(names::STATS)?)?,
+            stats_ext: PerCpuArray::try_from(take(names::STATS_EXT)?)?,
             config: Array::try_from(take(names::CONFIG)?)?,
             pending: Array::try_from(take(names::PENDING)?)?,
             parent: Array::try_from(take(names::RULE_PARENT)?)?,
@@ -150,8 +153,18 @@ impl FirewallMaps {
         )?)
     }
 
+    /// Every verdict and note counter, indexed by `sluice_abi::stat`.
     pub fn stats(&self) -> Result<Vec<Counter>, DataplaneError> {
-        (0..stat::COUNT).map(|i| Ok(sum(&self.stats.get(&i, 0)?))).collect()
+        (0..stat::ALL)
+            .map(|i| {
+                let v = if i < stat::COUNT {
+                    self.stats.get(&i, 0)?
+                } else {
+                    self.stats_ext.get(&(i - stat::COUNT), 0)?
+                };
+                Ok(sum(&v))
+            })
+            .collect()
     }
 
     /// Sets the import in flight (0: none, which puts every entry in force).

@@ -49,6 +49,7 @@ fn expected_maps(cap: Capacity) -> Vec<MapShape> {
     v.extend([
         shape::<u32, Counter>(names::RULE_COUNTERS, MapType::PerCpuArray, cap.max_rules),
         shape::<u32, Counter>(names::STATS, MapType::PerCpuArray, stat::COUNT),
+        shape::<u32, Counter>(names::STATS_EXT, MapType::PerCpuArray, stat::ALL - stat::COUNT),
         shape::<u32, FwConfig>(names::CONFIG, MapType::Array, 1),
         shape::<u32, u32>(names::PENDING, MapType::Array, 1),
         shape::<u32, u32>(names::RULE_PARENT, MapType::Array, cap.max_rules),

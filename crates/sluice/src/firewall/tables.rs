@@ -172,7 +172,7 @@ impl FirewallTables for MemFirewallTables {
     }
 
     fn stats(&self) -> Result<Vec<Counter>, DataplaneError> {
-        Ok(vec![Counter::default(); sluice_abi::stat::COUNT as usize])
+        Ok(vec![Counter::default(); sluice_abi::stat::ALL as usize])
     }
 
     fn set_pending(&mut self, gen: u32) -> Result<(), DataplaneError> {
