@@ -1,9 +1,11 @@
 //! Helpers shared by the root-only integration tests: a guard that fails
 //! loudly without root, unique names, a dataplane in a private pin directory,
 //! and a daemon process that is always killed and unpinned, even when the
-//! test panics.
+//! test panics; `docker` holds the real Docker tier's harness.
 
 #![allow(dead_code)]
+
+pub mod docker;
 
 use std::{
     path::{Path, PathBuf},
