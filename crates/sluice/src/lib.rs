@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod containers;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

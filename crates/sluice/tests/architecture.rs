@@ -11,7 +11,8 @@
 //! 2. inside a module, its files (other than the `mod.rs` that holds them
 //!    together) import each other without cycles;
 //! 3. only `dataplane` touches BPF objects (`aya`), only `store` opens
-//!    SQLite (`rusqlite`), and only `sys` and `dataplane` speak netlink.
+//!    SQLite (`rusqlite`), only `sys` and `dataplane` speak netlink, and only
+//!    `containers` speaks to Docker (`bollard`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("limits", 2),
     ("forward", 2),
     ("visibility", 2),
+    ("containers", 2),
     ("dataplane", 1),
     ("store", 1),
     ("lab", 1),
@@ -43,6 +45,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("aya", &["dataplane"]),
     ("rusqlite", &["store"]),
     ("rtnetlink", &["sys", "dataplane"]),
+    ("bollard", &["containers"]),
 ];
 
 fn src() -> PathBuf {

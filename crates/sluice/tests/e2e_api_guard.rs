@@ -72,6 +72,23 @@ fn the_tcp_listener_requires_the_token_and_requests_are_rate_limited() {
     // The unix socket stays root-only (0600) and needs no token.
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    // A user the socket refuses is told so, not that no daemon runs.
+    let o = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(BIN)
+            .args(["status", "--socket"])
+            .arg(&d.socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("permission denied on") && err.contains("root-only") && !err.contains("not running"),
+        "{err}"
+    );
 
     let (code, body) = get(addr, "/v1/status", None);
     assert_eq!(code, 401, "{body}");

@@ -7,10 +7,11 @@
 //! strictly by [`Json`].
 //!
 //! One file per route group: [`rules`] (deny, allow, limits, forwards,
-//! redirects), [`visibility`] (events, conns, l7), [`probes`], [`policy`],
+//! redirects), [`visibility`] (events, conns, l7), [`containers`], [`probes`], [`policy`],
 //! [`status`] and [`metrics`]; [`guard`] is authentication and the request
 //! rate limit, [`serve`] the connection loop.
 
+mod containers;
 mod error;
 pub mod guard;
 mod json;
@@ -72,6 +73,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(status::routes())
+        .merge(containers::routes())
         .merge(rules::routes())
         .merge(visibility::routes())
         .merge(probes::routes())

@@ -4,7 +4,10 @@
 use axum::{extract::State, routing::get, Router};
 
 use super::{blocking, types::*, ApiError, ApiResult, AppState, Json, Path};
-use crate::dataplane::{ProbeId, ProbeIdError};
+use crate::{
+    dataplane::{ProbeId, ProbeIdError},
+    model::Identify,
+};
 
 /// Every probe route.
 pub fn routes() -> Router<AppState> {
@@ -20,8 +23,11 @@ async fn list_probes(State(s): State<AppState>) -> ApiResult<Json<ProbeList>> {
         // a few milliseconds.
         let h = s.hooks.lock().unwrap();
         let foreign = h.foreign(&h.probe_ifindexes());
-        let probes = h.probes(&foreign);
+        let mut probes = h.probes(&foreign);
         drop(h);
+        for p in &mut probes {
+            p.container = p.ifindex.and_then(|i| s.containers.by_ifindex(i)).map(|w| w.name);
+        }
         Ok(Json(ProbeList {
             stats: s.probe_stats.lock().unwrap().is_some(),
             probes,

@@ -5,7 +5,7 @@ use axum::{extract::State, routing::get, Router};
 use sluice_abi::{stat, ABI_VERSION};
 
 use super::{blocking, types::*, ApiResult, AppState, Json};
-use crate::{control::Ctl, firewall::Action};
+use crate::{control::Ctl, firewall::Action, model::Identify};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/status", get(status))
@@ -60,9 +60,22 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
             .iter()
             .map(|p| p.to_string())
             .collect();
-        let (interfaces, not_attached, programs) = {
+        let (mut interfaces, mut not_attached, programs) = {
             let h = s.hooks.lock().unwrap();
             (h.interfaces(), h.failed(), h.programs())
+        };
+        let name_of = |i: u32| s.containers.by_ifindex(i).map(|w| w.name);
+        for i in &mut interfaces {
+            i.container = name_of(i.ifindex);
+        }
+        for f in &mut not_attached {
+            f.container = name_of(f.ifindex);
+        }
+        let all = s.containers.list();
+        let containers = ContainerSummary {
+            sources: s.containers.sources(),
+            running: all.iter().filter(|c| c.running).count(),
+            total: all.len(),
         };
         Ok(Json(Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -74,6 +87,7 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
             state_dir: s.state_dir.clone(),
             interfaces,
             not_attached,
+            containers,
             disabled_probes,
             programs,
             rules: counts,

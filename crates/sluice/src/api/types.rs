@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use crate::{
+    containers::Container,
     control::hooks::{FailedIface as FailedIfaceView, IfaceState as IfaceView, Program as ProgramView},
     control::policy::{Policy, PolicyDiff},
     firewall::RuleRequest,
@@ -13,6 +14,7 @@ pub use crate::{
     limits::LimitRequest,
 };
 use crate::{
+    containers::{Source, SourceState},
     dataplane::Probe,
     firewall::Rule,
     forward::{Forward, Redirect},
@@ -195,6 +197,9 @@ pub struct Status {
     /// XDP program is there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_attached: Vec<FailedIfaceView>,
+    /// The container sources and what they found.
+    #[serde(default)]
+    pub containers: ContainerSummary,
     /// Every probe the operator disabled (`sluice probes disable`).
     #[serde(default)]
     pub disabled_probes: Vec<String>,
@@ -209,6 +214,23 @@ pub struct Status {
     pub verdicts: BTreeMap<String, CounterView>,
     /// Extra notes: fragment, l4_unparsed (also counted in a verdict).
     pub notes: BTreeMap<String, CounterView>,
+}
+
+/// Body of `GET /v1/containers`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainersView {
+    pub sources: BTreeMap<Source, SourceState>,
+    pub containers: Vec<Container>,
+}
+
+/// Containers in `status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerSummary {
+    /// Docker (Engine API) and cgroups (every other runtime): connected,
+    /// unreachable, absent or off, and what they are connected to.
+    pub sources: BTreeMap<Source, SourceState>,
+    pub running: usize,
+    pub total: usize,
 }
 
 /// Forward and redirect totals in `status`.

@@ -5,6 +5,7 @@
 //! the API's own types for programs.
 
 pub mod client;
+mod containers;
 mod forward;
 mod lab;
 mod limit;
@@ -61,6 +62,14 @@ enum Cmd {
     Run(RunOpts),
     /// Show the daemon's version, interfaces, programs, rules and counters.
     Status(ClientOpts),
+    /// The containers the daemon knows: name, id, runtime, host-side
+    /// interfaces and addresses (one in full with NAME).
+    Containers {
+        /// A name or id prefix: print that container in full (JSON).
+        name: Option<String>,
+        #[command(flatten)]
+        c: ClientOpts,
+    },
     /// Drop traffic from (or, with --dst, to) a CIDR.
     Deny {
         #[command(subcommand)]
@@ -242,6 +251,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Conns { follow: true, c } => visibility::events(vec!["conn".into()], true, &c).await,
         Cmd::Conns { follow: false, c } => visibility::conns(&c).await,
         Cmd::Events { follow, kind, c } => visibility::events(kind, follow, &c).await,
+        Cmd::Containers { name, c } => containers::containers(name, &c).await,
         Cmd::Down { state_dir, pin_dir, c } => {
             let serving = serving_daemon(&c.socket).await?;
             daemon::down(daemon::Down {

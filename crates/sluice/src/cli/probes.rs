@@ -70,8 +70,8 @@ pub(super) async fn probes(op: ProbeOp) -> Result<()> {
                 return print_json(&v.probes);
             }
             println!(
-                "{:<44} {:<8} {:<8} {:<16} {:>7} {:>14} {:>12}",
-                "ID", "STATE", "OWNER", "PROGRAM", "PROG", "RUNS", "AVG ns"
+                "{:<44} {:<16} {:<8} {:<12} {:<16} {:>7} {:>14} {:>12}",
+                "ID", "CONTAINER", "STATE", "OWNER", "PROGRAM", "PROG", "RUNS", "AVG ns"
             );
             for p in &v.probes {
                 let avg = if p.run_count > 0 {
@@ -80,8 +80,9 @@ pub(super) async fn probes(op: ProbeOp) -> Result<()> {
                     "-".into()
                 };
                 println!(
-                    "{:<44} {:<8} {:<8} {:<16} {:>7} {:>14} {:>12}",
+                    "{:<44} {:<16} {:<8} {:<12} {:<16} {:>7} {:>14} {:>12}",
                     p.id,
+                    p.container.as_deref().unwrap_or("-"),
                     p.state,
                     p.owner,
                     p.program,

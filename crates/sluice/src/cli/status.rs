@@ -33,9 +33,12 @@ pub(super) async fn status(c: &ClientOpts) -> Result<()> {
             None => "NOT ATTACHED (not filtered)".into(),
         };
         println!(
-            "  {:<16} ifindex {:<6} xdp {}{}{}{}",
+            "  {:<16} ifindex {:<6} {}xdp {}{}{}{}",
             i.name,
             i.ifindex,
+            i.container
+                .as_ref()
+                .map_or(String::new(), |c| format!("container {c}, ")),
             mode,
             if i.tc {
                 ", tcx ingress+egress"
@@ -56,13 +59,30 @@ pub(super) async fn status(c: &ClientOpts) -> Result<()> {
         }
     }
     for f in &s.not_attached {
-        println!("  {:<16} ifindex {:<6} NOT ATTACHED: {}", f.name, f.ifindex, f.error);
+        let c = f
+            .container
+            .as_ref()
+            .map_or(String::new(), |c| format!("container {c}, "));
+        println!("  {:<16} ifindex {:<6} {c}NOT ATTACHED: {}", f.name, f.ifindex, f.error);
         if let Some(o) = f.owner.as_ref().filter(|o| !f.error.contains(&o.to_string())) {
             println!("  {:<16} {o}", "");
         }
     }
     if !s.not_attached.is_empty() {
         println!("  (tried again every few seconds: attached once the other owner lets go)");
+    }
+    println!(
+        "\ncontainers: {} running, {} known",
+        s.containers.running, s.containers.total
+    );
+    for (src, st) in &s.containers.sources {
+        let src = serde_json::to_value(src)?;
+        let detail = if st.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", st.detail)
+        };
+        println!("  {:<8} {}{detail}", src.as_str().unwrap_or("?"), st.state);
     }
     if !s.disabled_probes.is_empty() {
         println!("disabled probes: {}", s.disabled_probes.join(" "));

@@ -40,6 +40,9 @@ pub struct IfaceState {
     /// Enabled probes that failed to attach here, with the reason.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, String>,
+    /// The container this interface leads into, when it is one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// An interface that matched the globs but could not be attached.
@@ -53,6 +56,9 @@ pub struct FailedIface {
     /// the interface again every few seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<HookOwner>,
+    /// The container this interface leads into, when it is one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A loaded program.
@@ -162,6 +168,7 @@ impl Hooks for Dataplane {
                     .into_iter()
                     .filter_map(|k| Some((k.as_str().to_string(), a.error(k)?.to_string())))
                     .collect(),
+                container: None,
             })
             .collect()
     }
@@ -172,6 +179,7 @@ impl Hooks for Dataplane {
                 ifindex,
                 error: f.why.clone(),
                 owner: f.owner.clone(),
+                container: None,
             })
             .collect()
     }
@@ -294,6 +302,8 @@ impl MemHooks {
             error: None,
             run_count: 0,
             run_time_ns: 0,
+            container: None,
+            ifindex: None,
         }
     }
 }
@@ -358,6 +368,7 @@ impl Hooks for MemHooks {
                     .map(|k| k.as_str().to_string())
                     .collect(),
                 errors: BTreeMap::new(),
+                container: None,
             })
             .collect()
     }
@@ -369,6 +380,7 @@ impl Hooks for MemHooks {
                 ifindex: *ifindex,
                 error: why.clone(),
                 owner: None,
+                container: None,
             })
             .collect()
     }

@@ -21,6 +21,7 @@ use hooks::SharedHooks;
 use probes::{ProbeChange, ProbeStates, SetProbeError};
 
 use crate::{
+    containers::Registry,
     dataplane::ProbeId,
     firewall::Firewall,
     forward::Forwarder,
@@ -60,6 +61,8 @@ pub struct Ctl {
     pub interface_globs: Vec<String>,
     pub pin_dir: String,
     pub state_dir: String,
+    /// The containers on this host.
+    pub containers: Arc<Registry>,
 }
 
 impl Ctl {
@@ -118,6 +121,7 @@ impl Ctl {
             interface_globs: Vec::new(),
             pin_dir: String::new(),
             state_dir: String::new(),
+            containers: Registry::new(Arc::new(crate::containers::host::NoHost)),
         }
     }
 }

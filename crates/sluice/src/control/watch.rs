@@ -20,11 +20,30 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(5);
 pub struct Watcher {
     hooks: SharedHooks,
     matcher: GlobSet,
+    /// Fired on every interface that appears or goes: a container may have
+    /// started or stopped (the container discovery rescans).
+    on_change: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Watcher {
     pub fn new(hooks: SharedHooks, matcher: GlobSet) -> Self {
-        Watcher { hooks, matcher }
+        Watcher {
+            hooks,
+            matcher,
+            on_change: None,
+        }
+    }
+
+    /// Fires `n` whenever an interface appears, goes or is renamed.
+    pub fn notify(mut self, n: Arc<tokio::sync::Notify>) -> Self {
+        self.on_change = Some(n);
+        self
+    }
+
+    fn changed(&self) {
+        if let Some(n) = &self.on_change {
+            n.notify_one();
+        }
     }
 
     fn on_link(&self, ifindex: u32, name: &str) {
@@ -87,6 +106,7 @@ impl Watcher {
                     LinkEvent::Present { ifindex, name } => this.on_link(ifindex, &name),
                     LinkEvent::Gone { ifindex } => this.hooks.lock().unwrap().detach(ifindex),
                 }
+                this.changed();
             }
             tracing::error!("netlink event stream ended; new interfaces will not be attached");
         }))

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_SOCKET: &str = "/run/sluice/sluice.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sluice";
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -84,6 +85,10 @@ pub struct Config {
     pub api_rate_per_sec: u32,
     /// Requests allowed in a burst above that rate.
     pub api_burst: u32,
+    /// The Docker Engine API socket containers are read from (empty: do
+    /// not ask Docker; containers of every runtime are still found from
+    /// their cgroups).
+    pub docker_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -114,6 +119,7 @@ impl Default for Config {
             token_file: None,
             api_rate_per_sec: 500,
             api_burst: 1000,
+            docker_socket: DEFAULT_DOCKER_SOCKET.into(),
         }
     }
 }
@@ -191,6 +197,9 @@ impl Config {
         }
         if let Some(p) = &self.events_jsonl {
             check_path("events_jsonl", p).map_err(ConfigError::Invalid)?;
+        }
+        if !self.docker_socket.as_os_str().is_empty() {
+            check_path("docker_socket", &self.docker_socket).map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

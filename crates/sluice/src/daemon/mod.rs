@@ -22,6 +22,7 @@ pub use down::{down, Down, Serving};
 
 use crate::{
     api,
+    containers::{self, Registry, SysHost},
     control::{hooks::SharedHooks, probes::ProbeStates, watch::Watcher, Ctl},
     dataplane::{Dataplane, ProbeKind},
     firewall::Firewall,
@@ -136,7 +137,25 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
     let hooks: SharedHooks = Arc::new(Mutex::new(dp));
-    let watcher = Watcher::new(hooks.clone(), matcher).start().await?;
+    let registry = Registry::new(Arc::new(SysHost));
+    let rescan = Arc::new(tokio::sync::Notify::new());
+    let watcher = Watcher::new(hooks.clone(), matcher)
+        .notify(rescan.clone())
+        .start()
+        .await?;
+    let mut sources = vec![tokio::spawn(containers::discover::run(registry.clone(), rescan))];
+    if cfg.docker_socket.as_os_str().is_empty() {
+        registry.set_source(
+            containers::Source::Docker,
+            "off",
+            "docker_socket is empty in the config",
+        );
+    } else {
+        sources.push(tokio::spawn(containers::docker::run(
+            registry.clone(),
+            cfg.docker_socket.clone(),
+        )));
+    }
     {
         let ifs: Vec<String> = hooks
             .lock()
@@ -151,7 +170,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         tracing::info!(interfaces = %ifs.join(" "), globs = %cfg.interfaces.join(","), "XDP firewall attached in {:?}", t0.elapsed());
     }
 
-    let hub = Hub::new(cfg.event_history);
+    let hub = Hub::with_identity(cfg.event_history, registry.clone());
     let l7 = match cfg.l7_capture_bytes {
         0 => None,
         _ => {
@@ -184,6 +203,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         interface_globs: cfg.interfaces.clone(),
         pin_dir: cfg.pin_dir.display().to_string(),
         state_dir: cfg.state_dir.display().to_string(),
+        containers: registry.clone(),
     });
     state.sync_conn_table();
     let forward_gc = tokio::spawn(forward_housekeeping(state.clone()));
@@ -232,6 +252,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         let _ = t.await;
     }
     watcher.abort();
+    for s in sources {
+        s.abort();
+    }
     forward_gc.abort();
     reader.abort();
     if let Some(log) = &l7 {

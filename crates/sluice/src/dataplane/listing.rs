@@ -38,6 +38,12 @@ pub struct Probe {
     /// Kernel BPF stats (zero unless stats are enabled).
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// The container the interface leads into (filled in by the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The interface's ifindex (none for the tracepoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
 }
 
 impl Dataplane {
@@ -68,6 +74,8 @@ impl Dataplane {
                 error: None,
                 run_count,
                 run_time_ns,
+                container: None,
+                ifindex: crate::sys::iface::ifindex(attach),
             }
         };
         let foreign = |kind: ProbeKind, attach: &str, id: u32, name: Option<&str>| {

@@ -1,17 +1,21 @@
 //! The vocabulary the capabilities share, and that therefore lives below
-//! them: CIDRs, protocols, comments, strict JSON shapes, the plan every
+//! them: CIDRs, container selectors, protocols, comments, strict JSON shapes, the plan every
 //! capability's part of a policy follows, and the one-line error chain.
 //! Pure code, no I/O.
 
 pub mod cidr;
 pub mod comment;
+pub mod identity;
 pub mod json;
 pub mod plan;
 pub mod proto;
+pub mod selector;
 
 pub use cidr::{Cidr, CidrError};
 pub use comment::{normalize_comment, validate_comment, CommentError, MAX_COMMENT};
+pub use identity::{canonical, Identify, Nobody, Who};
 pub use proto::Proto;
+pub use selector::{LookupError, Resolution, Resolve, Selector, SelectorError, Target};
 
 /// An error and its causes on one line, ripgrep-style: `what: why: why`. A
 /// cause whose text the message already holds is not repeated.

@@ -1,11 +1,15 @@
 //! Operating-system access that is not BPF: clocks, network interfaces
 //! (names and indexes, sysfs and ethtool, netlink link events), the bpffs
-//! and tracefs mounts, /proc socket scans and path checks. The layers above
-//! use these instead of calling libc or reading /proc and /sys themselves.
+//! and tracefs mounts, /proc socket scans, cgroups (the v2 hierarchy and the
+//! containers runtimes make in it), network namespaces (what is inside one)
+//! and path checks. The layers above use these instead of calling libc or
+//! reading /proc and /sys themselves.
 
+pub mod cgroups;
 pub mod iface;
 pub mod links;
 pub mod mounts;
+pub mod netns;
 pub mod paths;
 pub mod procfs;
 pub mod time;

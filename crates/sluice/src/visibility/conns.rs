@@ -14,7 +14,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,12 @@ pub struct Conn {
     pub observed_start: bool,
     /// State changes seen, oldest first (the last 16).
     pub transitions: Vec<Transition>,
+    /// The container of the local process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The container at the other end, when it is one on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_container: Option<String>,
     /// Closed connections seen from their start: how long they lived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
@@ -87,6 +93,10 @@ pub struct ConnTable {
     tick: u64,
     /// Open connections forgotten because the table was full.
     pub evicted: u64,
+    /// The owner of each connection seen (open, or among the closed ones
+    /// kept), by (local, remote) address: L7 records name their processes
+    /// with it.
+    owners: HashMap<(SocketAddr, SocketAddr), (u32, String)>,
     /// Events stamped before this kernel time come from an earlier tracer
     /// (replayed from the pinned ring after a restart, or read after the
     /// tracer was detached): they still reach the stream, but the table
@@ -135,6 +145,8 @@ impl ConnTable {
                 netns: c.netns,
                 open: true,
                 observed_start: false,
+                container: None,
+                peer_container: None,
                 transitions: vec![Transition {
                     time: now.to_string(),
                     state,
@@ -203,6 +215,8 @@ impl ConnTable {
                         open: true,
                         observed_start: !unseen_start,
                         transitions: Vec::new(),
+                        container: None,
+                        peer_container: None,
                         duration_ms: None,
                         sock: e.sock,
                         touched: tick,
@@ -239,6 +253,35 @@ impl ConnTable {
             self.closed.push_back(c);
         }
         self.bound();
+    }
+
+    /// Completes a connection with its containers (named by the hub after
+    /// [`ConnTable::observe`] gave the event its owner).
+    pub fn name(&mut self, e: &ConnEvent) {
+        let key = (SocketAddr::new(e.src, e.sport), SocketAddr::new(e.dst, e.dport));
+        if e.pid != 0 && e.sport != 0 && self.owners.len() < 2 * (MAX_OPEN + MAX_CLOSED) {
+            self.owners.insert(key, (e.pid, e.comm.clone()));
+        }
+        let c = match self.open.get_mut(&e.sock) {
+            Some(c) => c,
+            None => match self.closed.back_mut().filter(|c| c.sock == e.sock) {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        if e.container.is_some() {
+            c.container.clone_from(&e.container);
+        }
+        if e.peer_container.is_some() {
+            c.peer_container.clone_from(&e.peer_container);
+        }
+    }
+
+    /// The process that owns the connection from `local` to `remote`.
+    pub fn owner(&self, local: (IpAddr, u16), remote: (IpAddr, u16)) -> Option<(u32, String)> {
+        self.owners
+            .get(&(SocketAddr::new(local.0, local.1), SocketAddr::new(remote.0, remote.1)))
+            .cloned()
     }
 
     /// The tracer was detached: open connections can no longer be followed
@@ -303,6 +346,8 @@ mod tests {
             direction: dir.into(),
             netns: 7,
             duration_ms: (new == "CLOSE").then_some(1500.0),
+            container: None,
+            peer_container: None,
             sock,
             ts_ns: 100,
         }

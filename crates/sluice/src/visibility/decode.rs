@@ -48,9 +48,11 @@ fn state(s: u8) -> String {
     TCP_STATES.get(s as usize).copied().unwrap_or("UNKNOWN").to_string()
 }
 
+/// An address of a record, in its one form (an IPv4-mapped IPv6 address
+/// as the IPv4 address it is).
 fn addr(family: u8, b: [u8; 16]) -> IpAddr {
     if family == 6 {
-        IpAddr::V6(Ipv6Addr::from(b))
+        crate::model::canonical(IpAddr::V6(Ipv6Addr::from(b)))
     } else {
         IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
     }
@@ -91,6 +93,8 @@ pub(super) fn conn_event(c: &EvConn, clock: &Clock) -> ConnEvent {
         .into(),
         netns: c.netns,
         duration_ms: (c.newstate == TCP_CLOSE).then(|| c.duration_ns as f64 / 1e6),
+        container: None,
+        peer_container: None,
         sock: c.sock,
         ts_ns: c.h.ts_ns,
     }
@@ -128,7 +132,7 @@ impl Decoder {
         for d in done {
             let name = self.ifname(d.ifindex);
             if let Some(a) = &self.l7 {
-                out.push(Event::L7(a.record(d, &self.clock, name)));
+                out.push(Event::L7(Box::new(a.record(d, &self.clock, name))));
             }
         }
         out
@@ -182,6 +186,8 @@ impl Decoder {
             proto: proto(p.l4proto),
             verdict: stat::NAMES.get(p.verdict as usize).copied().unwrap_or("unknown").into(),
             rule,
+            container: None,
+            peer_container: None,
         }
     }
 

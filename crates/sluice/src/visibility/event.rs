@@ -70,6 +70,12 @@ pub struct ConnEvent {
     /// On close: time since the first state change seen, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    /// The container of the local process (its cgroup, else its address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The container at the other end, when it is one on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_container: Option<String>,
     /// The kernel's socket address, to follow one socket: a kernel
     /// pointer, so never in any output.
     #[serde(skip)]
@@ -104,6 +110,12 @@ pub struct PacketEvent {
     pub verdict: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleRef>,
+    /// The container behind the interface (or holding the source address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The container holding the destination address, when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_container: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -113,10 +125,20 @@ pub enum Event {
     Packet(PacketEvent),
     Drop(PacketEvent),
     Limit(PacketEvent),
-    L7(L7Record),
+    L7(Box<L7Record>),
 }
 
 impl Event {
+    /// True if the event names container `name` (at either end).
+    pub fn names_container(&self, name: &str) -> bool {
+        let is = |c: &Option<String>| c.as_deref() == Some(name);
+        match self {
+            Event::Conn(c) => is(&c.container) || is(&c.peer_container),
+            Event::Packet(p) | Event::Drop(p) | Event::Limit(p) => is(&p.container) || is(&p.peer_container),
+            Event::L7(r) => is(&r.client_container) || is(&r.server_container),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Event::Conn(_) => Kind::Conn,

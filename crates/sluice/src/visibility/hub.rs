@@ -19,6 +19,7 @@ use sluice_abi::ev;
 use tokio::sync::broadcast;
 
 use super::{
+    super::model::{Identify, Nobody},
     conns::ConnTable,
     decode::{decode, Decoder},
     event::{Event, Kind},
@@ -102,10 +103,22 @@ pub struct Hub {
     history: Mutex<VecDeque<Arc<Event>>>,
     history_cap: usize,
     pub counters: Counters,
+    /// Names the container behind each record.
+    who: Arc<dyn Identify>,
+    /// pid -> container, valid for one generation of the registry.
+    pids: Mutex<(u64, HashMap<u32, Option<String>>)>,
 }
+
+/// Processes remembered per registry generation (a bound, not a target).
+const PID_CACHE: usize = 65536;
 
 impl Hub {
     pub fn new(history_cap: usize) -> Arc<Self> {
+        Self::with_identity(history_cap, Arc::new(Nobody))
+    }
+
+    /// A hub that names every record's containers through `who`.
+    pub fn with_identity(history_cap: usize, who: Arc<dyn Identify>) -> Arc<Self> {
         let (tx, _) = broadcast::channel(CHANNEL);
         Arc::new(Hub {
             tx,
@@ -117,7 +130,67 @@ impl Hub {
             history: Mutex::new(VecDeque::new()),
             history_cap,
             counters: Counters::default(),
+            who,
+            pids: Mutex::new((0, HashMap::new())),
         })
+    }
+
+    /// The container of process `pid`, cached until the registry changes.
+    fn container_of_pid(&self, pid: u32) -> Option<String> {
+        if pid == 0 {
+            return None;
+        }
+        let gen = self.who.generation();
+        {
+            let mut c = self.pids.lock().unwrap();
+            if c.0 != gen || c.1.len() >= PID_CACHE {
+                *c = (gen, HashMap::new());
+            }
+            if let Some(hit) = c.1.get(&pid) {
+                return hit.clone();
+            }
+        }
+        let name = self.who.by_pid(pid).map(|w| w.name);
+        self.pids.lock().unwrap().1.insert(pid, name.clone());
+        name
+    }
+
+    fn by_addr(&self, a: std::net::IpAddr) -> Option<String> {
+        self.who.by_addr(a).map(|w| w.name)
+    }
+
+    /// Names the containers (and, for an L7 record, the processes) at both
+    /// ends of a record.
+    fn attribute(&self, e: &mut Event) {
+        match e {
+            Event::Conn(c) => {
+                c.container = self.container_of_pid(c.pid).or_else(|| self.by_addr(c.src));
+                c.peer_container = self.by_addr(c.dst);
+            }
+            Event::Packet(p) | Event::Drop(p) | Event::Limit(p) => {
+                p.container = self
+                    .who
+                    .by_ifindex(p.ifindex)
+                    .map(|w| w.name)
+                    .or_else(|| self.by_addr(p.src));
+                p.peer_container = self.by_addr(p.dst).filter(|d| p.container.as_ref() != Some(d));
+            }
+            Event::L7(r) => {
+                let server = r.target.unwrap_or(r.server);
+                let server_port = r.target_port.unwrap_or(r.server_port);
+                r.client_container = self.by_addr(r.client);
+                r.server_container = self.by_addr(server);
+                let t = self.conns.lock().unwrap();
+                if let Some((pid, comm)) = t.owner((r.client, r.client_port), (r.server, r.server_port)) {
+                    r.client_pid = Some(pid);
+                    r.client_comm = Some(comm);
+                }
+                if let Some((pid, comm)) = t.owner((server, server_port), (r.client, r.client_port)) {
+                    r.server_pid = Some(pid);
+                    r.server_comm = Some(comm);
+                }
+            }
+        }
     }
 
     pub fn publish(&self, mut e: Event) {
@@ -126,6 +199,10 @@ impl Hub {
         // a connection older than the tracer) before anyone sees the event.
         if let Event::Conn(c) = &mut e {
             self.conns.lock().unwrap().observe(c);
+        }
+        self.attribute(&mut e);
+        if let Event::Conn(c) = &e {
+            self.conns.lock().unwrap().name(c);
         }
         self.counters.received[k as usize].fetch_add(1, Ordering::Relaxed);
         if let Event::Conn(c) = &e {
@@ -247,6 +324,8 @@ mod tests {
             proto: String::new(),
             verdict: String::new(),
             rule: None,
+            container: None,
+            peer_container: None,
         })
     }
 

@@ -188,6 +188,22 @@ pub struct L7Record {
     pub resp_bytes: u64,
     /// Some bytes were missing or unclear: the fields are best effort.
     pub partial: bool,
+    /// The client's container, when it is one on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_container: Option<String>,
+    /// The server's container (the forward's target, when forwarded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_container: Option<String>,
+    /// The client process, when the connection log knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_comm: Option<String>,
+    /// The server process (the listener's owner), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_comm: Option<String>,
 }
 
 /// The outcome word and error code of an exchange.
@@ -640,6 +656,12 @@ impl L7Stage {
             req_bytes: e.req_bytes,
             resp_bytes: e.resp_bytes,
             partial: e.partial,
+            client_container: None,
+            server_container: None,
+            client_pid: None,
+            client_comm: None,
+            server_pid: None,
+            server_comm: None,
         };
         let proto = e.proto.as_str().to_string();
         self.metrics
