@@ -245,7 +245,7 @@ fn allow_wins_over_deny_and_counts_bytes() {
     let allow = f.fw.list(Action::Allow).unwrap();
     let v4_allow = allow
         .iter()
-        .find(|(r, _)| r.spec.cidr.to_string() == "198.18.1.2/32")
+        .find(|(r, _)| r.spec.target.to_string() == "198.18.1.2/32")
         .unwrap();
     assert_eq!(
         v4_allow.1,
@@ -370,7 +370,7 @@ fn too_many_tags_are_dropped_only_while_a_rule_could_drop() {
         assert_eq!(f.run_counted(&deep), dropped, "deny {cidr}");
         assert_eq!(f.run_counted(&deep6), dropped, "deny {cidr}, IPv6");
         let id = f.fw.list(Action::Deny).unwrap()[0].0.id;
-        f.fw.delete(Action::Deny, &sluice::firewall::Selector::Id(id)).unwrap();
+        f.fw.delete(Action::Deny, &sluice::firewall::Which::Id(id)).unwrap();
         assert_eq!(f.run_counted(&deep), unparsed, "deny {cidr} deleted");
     }
     // Counted with its bytes in the new counter, no rule's counter moved,
@@ -555,7 +555,7 @@ fn rule_deletion_takes_effect_and_empty_tables_are_skipped() {
     let frame = tcp("198.18.1.2", "198.18.2.2").build();
     assert_eq!(f.run(&frame), XDP_DROP);
     let id = f.fw.list(Action::Deny).unwrap()[0].0.id;
-    f.fw.delete(Action::Deny, &sluice::firewall::Selector::Id(id)).unwrap();
+    f.fw.delete(Action::Deny, &sluice::firewall::Which::Id(id)).unwrap();
     assert_eq!(f.run_counted(&frame), (XDP_PASS, vec![stat::PASS]));
 }
 

@@ -15,10 +15,10 @@ use super::{
     MAX_IMPORT_BODY,
 };
 use crate::{
-    firewall::{Action, Direction, RuleKey, RuleRequest, RuleSpec, Selector},
+    firewall::{Action, Direction, RuleKey, RuleRequest, RuleSpec, Which},
     forward::{ForwardRequest, RedirectRequest},
     limits::LimitRequest,
-    model::CidrError,
+    model::{LookupError, Resolve, Selector, SelectorError, Target},
 };
 
 /// Every rule route.
@@ -47,18 +47,18 @@ fn rule_routes(action: Action) -> Router<AppState> {
                 )
                 .delete(
                     move |State(s): State<AppState>, Query(q): Query<DeleteQuery>| async move {
-                        let cidr = q
+                        let target = q
                             .cidr
                             .parse()
-                            .map_err(|e: CidrError| ApiError::bad_request(e.to_string()))?;
+                            .map_err(|e: SelectorError| ApiError::bad_request(e.to_string()))?;
                         let dir = if q.dst { Direction::Dst } else { Direction::Src };
-                        delete_rule(s, action, Selector::Cidr { cidr, dir }).await
+                        delete_rule(s, action, Which::Target { target, dir }).await
                     },
                 ),
         )
         .route(
             &format!("{base}/{{id}}"),
-            delete(move |State(s): State<AppState>, Path(id): Path<i64>| delete_rule(s, action, Selector::Id(id))),
+            delete(move |State(s): State<AppState>, Path(id): Path<i64>| delete_rule(s, action, Which::Id(id))),
         )
         .route(
             &format!("{base}/import"),
@@ -161,6 +161,13 @@ fn parse_import(action: Action, body: &[u8], q: &ImportQuery) -> Result<(Vec<Rul
             continue;
         }
         let spec = RuleSpec::new(action, cidr, q.dst, q.comment.clone()).map_err(|e| format!("line {n}: {e}"))?;
+        if spec.target.is_selector() {
+            return Err(format!(
+                "line {n}: an import takes CIDRs; add a rule for {} with `{} add`",
+                spec.target,
+                action.as_str()
+            ));
+        }
         if let Some(first) = first_line.insert(spec.key(), n) {
             return Err(format!(
                 "line {n}: {} is listed twice (first on line {first})",
@@ -183,7 +190,7 @@ async fn list_rules(s: AppState, action: Action) -> ApiResult<Json<Vec<RuleView>
         Ok(Json(
             rules
                 .iter()
-                .map(|(r, c)| RuleView::new(r, c.packets, c.bytes))
+                .map(|(r, c)| RuleView::new(r, c.packets, c.bytes, fw.resolution(r.id)))
                 .collect(),
         ))
     })
@@ -206,18 +213,29 @@ async fn add_rules(s: AppState, action: Action, body: OneOrMany<RuleRequest>) ->
     }
     let mut specs = Vec::with_capacity(reqs.len());
     for (i, r) in reqs.into_iter().enumerate() {
-        let spec = RuleSpec::new(action, &r.cidr, r.dst, r.comment).map_err(|e| {
-            let at = if single {
-                String::new()
-            } else {
-                format!("rule {}: ", i + 1)
-            };
-            ApiError(StatusCode::BAD_REQUEST, format!("{at}{e}"))
-        })?;
+        let at = if single {
+            String::new()
+        } else {
+            format!("rule {}: ", i + 1)
+        };
+        let spec = RuleSpec::new(action, &r.cidr, r.dst, r.comment)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{at}{e}")))?;
+        if let Some(sel) = spec.target.selector() {
+            if !r.inactive {
+                check_selector(&s, sel).map_err(|ApiError(c, m)| ApiError(c, format!("{at}{m}")))?;
+            }
+        }
         specs.push(spec);
     }
-    let added = blocking(move || Ok(s.fw.lock().unwrap().add(specs)?)).await?;
-    let views: Vec<RuleView> = added.iter().map(|r| RuleView::new(r, 0, 0)).collect();
+    let st = s.clone();
+    let added = blocking(move || Ok(st.fw.lock().unwrap().add(specs)?)).await?;
+    let views: Vec<RuleView> = {
+        let fw = s.fw.lock().unwrap();
+        added
+            .iter()
+            .map(|r| RuleView::new(r, 0, 0, fw.resolution(r.id)))
+            .collect()
+    };
     Ok(if single {
         (StatusCode::CREATED, Json(views.into_iter().next().expect("one rule"))).into_response()
     } else {
@@ -225,12 +243,36 @@ async fn add_rules(s: AppState, action: Action, body: OneOrMany<RuleRequest>) ->
     })
 }
 
-async fn delete_rule(s: AppState, action: Action, sel: Selector) -> ApiResult<Json<RuleView>> {
+async fn delete_rule(s: AppState, action: Action, which: Which) -> ApiResult<Json<RuleView>> {
     blocking(move || {
-        let r = s.fw.lock().unwrap().delete(action, &sel)?;
-        Ok(Json(RuleView::new(&r, 0, 0)))
+        let r = s.fw.lock().unwrap().delete(action, &which)?;
+        Ok(Json(RuleView::new(&r, 0, 0, None)))
     })
     .await
+}
+
+/// A `container:` selector must name exactly one existing container (a
+/// typo must not silently protect nothing): 404 with the closest names, or
+/// 400 listing the candidates. `--inactive` skips this.
+pub(super) fn check_selector(s: &AppState, sel: &Selector) -> ApiResult<()> {
+    s.containers.check(sel).map_err(|e| {
+        let code = match e {
+            LookupError::NotFound { .. } => StatusCode::NOT_FOUND,
+            LookupError::Ambiguous { .. } => StatusCode::BAD_REQUEST,
+        };
+        ApiError(code, e.to_string())
+    })
+}
+
+/// Checks every `container:` selector of `targets` (see [`check_selector`]).
+#[allow(dead_code)]
+pub(super) fn check_targets<'a>(s: &AppState, targets: impl IntoIterator<Item = &'a Target>) -> ApiResult<()> {
+    for t in targets {
+        if let Some(sel) = t.selector() {
+            check_selector(s, sel)?;
+        }
+    }
+    Ok(())
 }
 
 async fn list_forwards(State(s): State<AppState>) -> ApiResult<Json<Vec<ForwardView>>> {
@@ -312,7 +354,7 @@ mod tests {
         let q = ImportQuery::default();
         let ok = parse_import(Action::Deny, b"# list\n10.0.0.0/8\r\n\n2001:2::/48 # v6\n", &q).unwrap();
         assert_eq!(ok.1, vec![2, 4]);
-        assert_eq!(ok.0[1].cidr.to_string(), "2001:2::/48");
+        assert_eq!(ok.0[1].target.to_string(), "2001:2::/48");
         for (body, why) in [
             (&b"10.0.0.0/8\n\xff\xfe\n"[..], "line 2 is not UTF-8"),
             (
@@ -324,6 +366,7 @@ mod tests {
                 "line 3: deny src 1.2.3.4/32 is listed twice (first on line 1)",
             ),
             (b"", "no CIDRs"),
+            (b"10.0.0.0/8\ncontainer:web\n", "line 2: an import takes CIDRs"),
         ] {
             let e = parse_import(Action::Deny, body, &q).unwrap_err();
             assert!(e.contains(why), "{e}");

@@ -145,6 +145,7 @@ pub struct ImportView {
 pub struct RuleView {
     pub id: i64,
     pub action: String,
+    /// The CIDR, or the selector (`container:NAME`, `label:KEY=VALUE`).
     pub cidr: String,
     pub direction: String,
     pub comment: Option<String>,
@@ -152,19 +153,33 @@ pub struct RuleView {
     pub created: i64,
     pub packets: u64,
     pub bytes: u64,
+    /// A selector rule: the containers it matches now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Vec<String>>,
+    /// A selector rule: the addresses in force for it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addrs: Option<Vec<std::net::IpAddr>>,
+    /// A selector rule that matches no running container: nothing in force.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inactive: bool,
 }
 
 impl RuleView {
-    pub fn new(r: &Rule, packets: u64, bytes: u64) -> Self {
+    /// `res`: what a selector rule resolves to now (None for a CIDR rule).
+    pub fn new(r: &Rule, packets: u64, bytes: u64, res: Option<&crate::model::Resolution>) -> Self {
+        let sel = r.spec.target.is_selector();
         RuleView {
             id: r.id,
             action: r.spec.action.as_str().into(),
-            cidr: r.spec.cidr.to_string(),
+            cidr: r.spec.target.to_string(),
             direction: r.spec.dir.as_str().into(),
             comment: r.spec.comment.clone(),
             created: r.created,
             packets,
             bytes,
+            containers: sel.then(|| res.map(|x| x.containers.clone()).unwrap_or_default()),
+            addrs: sel.then(|| res.map(|x| x.addrs.clone()).unwrap_or_default()),
+            inactive: sel && res.is_none_or(|x| x.is_empty()),
         }
     }
 }

@@ -18,26 +18,32 @@ use crate::{
         MAX_IMPORT_BODY,
     },
     firewall::Action,
-    model::Cidr,
+    model::Target,
 };
 
 #[derive(Subcommand, Debug)]
 pub(super) enum RuleOp {
     /// Add a rule; prints it with its id.
     Add {
-        /// IPv4/IPv6 address or CIDR (host bits must be zero).
+        /// IPv4/IPv6 address or CIDR (host bits must be zero), or a
+        /// selector: container:NAME (name or id prefix), label:KEY=VALUE.
+        #[arg(value_name = "CIDR|SELECTOR")]
         cidr: String,
         /// Match the destination address instead of the source.
         #[arg(long)]
         dst: bool,
         #[arg(long)]
         comment: Option<String>,
+        /// Add a container: rule for a container that does not exist yet.
+        #[arg(long)]
+        inactive: bool,
         #[command(flatten)]
         c: ClientOpts,
     },
-    /// Delete a rule by id, or by CIDR (with --dst for a destination rule).
+    /// Delete a rule by id, or by what it matches (with --dst for a
+    /// destination rule).
     Del {
-        #[arg(value_name = "CIDR|ID")]
+        #[arg(value_name = "CIDR|SELECTOR|ID")]
         target: String,
         #[arg(long)]
         dst: bool,
@@ -66,7 +72,7 @@ pub(super) enum RuleOp {
 fn print_rules(rules: &[RuleView]) {
     println!(
         "{:<8} {:<44} {:<4} {:>12} {:>14}  COMMENT",
-        "ID", "CIDR", "DIR", "PACKETS", "BYTES"
+        "ID", "CIDR|SELECTOR", "DIR", "PACKETS", "BYTES"
     );
     for r in rules {
         println!(
@@ -78,16 +84,44 @@ fn print_rules(rules: &[RuleView]) {
             r.bytes,
             r.comment.as_deref().unwrap_or("")
         );
+        if let Some(addrs) = &r.addrs {
+            println!("{:<8} {}", "", resolution_line(r, addrs));
+        }
     }
+}
+
+/// What a selector rule holds now: `-> web (172.17.0.2)`, or inactive.
+fn resolution_line(r: &RuleView, addrs: &[std::net::IpAddr]) -> String {
+    if r.inactive {
+        return "-> inactive: no running container matches".into();
+    }
+    let a: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    format!(
+        "-> {} ({})",
+        r.containers.as_deref().unwrap_or_default().join(", "),
+        a.join(", ")
+    )
 }
 
 pub(super) async fn rules(action: Action, op: RuleOp) -> Result<()> {
     let base = format!("/v1/{}", action.as_str());
     match op {
-        RuleOp::Add { cidr, dst, comment, c } => {
-            let r: RuleView = Client::new(&c.socket)
-                .post(&base, &RuleRequest { cidr, dst, comment })
-                .await?;
+        RuleOp::Add {
+            cidr,
+            dst,
+            comment,
+            inactive,
+            c,
+        } => {
+            // Validated here for a precise message; the daemon validates again.
+            cidr.parse::<Target>()?;
+            let req = RuleRequest {
+                cidr,
+                dst,
+                comment,
+                inactive,
+            };
+            let r: RuleView = Client::new(&c.socket).post(&base, &req).await?;
             if c.json {
                 return print_json(&r);
             }
@@ -97,8 +131,11 @@ pub(super) async fn rules(action: Action, op: RuleOp) -> Result<()> {
                 r.id,
                 r.direction,
                 r.cidr,
-                r.comment.map(|c| format!(" ({c})")).unwrap_or_default()
+                r.comment.clone().map(|c| format!(" ({c})")).unwrap_or_default()
             );
+            if let Some(addrs) = &r.addrs {
+                println!("  {}", resolution_line(&r, addrs));
+            }
         }
         RuleOp::Del { target, dst, c } => {
             let path = match target.parse::<i64>() {
@@ -106,8 +143,11 @@ pub(super) async fn rules(action: Action, op: RuleOp) -> Result<()> {
                 Err(_) => {
                     // Validate locally for a precise message, then let the
                     // daemon decide (it validates again).
-                    target.parse::<Cidr>()?;
-                    format!("{base}?cidr={}&dst={dst}", target.replace('/', "%2F"))
+                    target.parse::<Target>()?;
+                    format!(
+                        "{base}?cidr={}&dst={dst}",
+                        percent_encoding::utf8_percent_encode(&target, percent_encoding::NON_ALPHANUMERIC)
+                    )
                 }
             };
             let r: RuleView = Client::new(&c.socket).delete(&path).await?;

@@ -26,6 +26,7 @@ pub async fn run(reg: Arc<Registry>, trigger: Trigger) {
         let r = reg.clone();
         let found = tokio::task::spawn_blocking(move || scan(&r)).await.unwrap_or_default();
         reg.replace(Source::Cgroups, found);
+        reg.mark_scanned();
         tokio::select! {
             _ = trigger.notified() => {
                 // A burst of link events (a container brings up several

@@ -116,6 +116,8 @@ struct Inner {
     /// By id; each container remembers which source reported it.
     containers: BTreeMap<String, (Source, Container)>,
     sources: BTreeMap<Source, SourceState>,
+    /// The cgroup source has scanned once.
+    scanned: bool,
     // Indexes of running containers, rebuilt on every change.
     by_ifindex: HashMap<u32, String>,
     by_addr: HashMap<IpAddr, String>,
@@ -235,14 +237,43 @@ impl Registry {
             detail: detail.into(),
         };
         let mut g = self.inner.write().unwrap();
+        let changed_state = g.sources.get(&source).map(|s| s.state.as_str()) != Some(state);
         if g.sources.get(&source) != Some(&st) {
             tracing::info!(source = ?source, state, detail = %st.detail, "container source");
         }
         g.sources.insert(source, st);
+        drop(g);
+        // Whether selectors can be resolved may have changed.
+        if changed_state {
+            self.bump();
+        }
     }
 
     pub fn sources(&self) -> BTreeMap<Source, SourceState> {
         self.inner.read().unwrap().sources.clone()
+    }
+
+    /// True once every source has answered (Docker connected, or known to
+    /// be absent or off; the cgroups scanned once): selectors resolved now
+    /// are complete. Until then, rules keep what the kernel holds for them.
+    pub fn settled(&self) -> bool {
+        let g = self.inner.read().unwrap();
+        let docker = g
+            .sources
+            .get(&Source::Docker)
+            .is_some_and(|s| matches!(s.state.as_str(), "connected" | "absent" | "off"));
+        docker && g.scanned
+    }
+
+    /// The cgroup source finished a scan.
+    pub fn mark_scanned(&self) {
+        let first = {
+            let mut g = self.inner.write().unwrap();
+            !std::mem::replace(&mut g.scanned, true)
+        };
+        if first {
+            self.bump();
+        }
     }
 
     /// True while `source` is connected.

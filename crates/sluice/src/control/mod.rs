@@ -4,11 +4,13 @@
 //! [`hooks`] of the dataplane, the event hub and the L7 log. [`policy`]
 //! applies a whole rule set by composing each capability's part;
 //! [`probes`] keeps probe states; [`watch`] follows interfaces as they come
-//! and go. The API is a thin HTTP layer over this.
+//! and go; [`resolve`] makes selector rules follow their containers. The
+//! API is a thin HTTP layer over this.
 
 pub mod hooks;
 pub mod policy;
 pub mod probes;
+pub mod resolve;
 pub mod watch;
 
 use std::{

@@ -210,6 +210,24 @@ fn validate(p: &Policy, max_rules: u32) -> Result<Validated, PolicyError> {
     })
 }
 
+/// Every `container:` selector of the policy names one existing container,
+/// unless its entry says `inactive = true` (a typo must not protect
+/// nothing).
+fn check_containers(s: &Ctl, p: &Policy) -> Result<(), PolicyError> {
+    use crate::model::{Resolve, Target};
+    for (what, list) in [("deny", &p.deny), ("allow", &p.allow)] {
+        for (i, r) in list.iter().enumerate() {
+            let Ok(Target::Sel(sel)) = r.cidr.parse::<Target>() else { continue };
+            if !r.inactive {
+                s.containers
+                    .check(&sel)
+                    .map_err(|e| PolicyError::Invalid(format!("{what}[{}]: {e}", i + 1)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Each capability's part, in the order they run: the firewall first, so
 /// new deny/allow rules are in force before anything else changes.
 fn parts<'a>(cx: &Locked<'_>, v: Validated) -> Result<Vec<Box<dyn Part<Locked<'a>>>>, PolicyError> {
@@ -237,6 +255,7 @@ fn apply_locked(s: &Ctl, policy: &Policy, opts: ApplyOptions) -> Result<PolicyDi
     // status and the ring reader's rule names go on meanwhile.
     let max_rules = s.fw.lock().unwrap().capacity();
     let valid = validate(policy, max_rules)?;
+    check_containers(s, policy)?;
     let mut cx = Locked::new(s);
     let mut parts = parts(&cx, valid)?;
     let mut diff = plan::diff(&parts);
@@ -260,7 +279,13 @@ fn apply_locked(s: &Ctl, policy: &Policy, opts: ApplyOptions) -> Result<PolicyDi
 /// diffs well).
 pub fn export(s: &Ctl) -> Policy {
     let cx = Locked::new(s);
-    let (deny, allow) = firewall::policy::export(&cx.fw);
+    let (mut deny, mut allow) = firewall::policy::export(&cx.fw);
+    // A container that does not exist now: the file says so, and applies.
+    for r in deny.iter_mut().chain(allow.iter_mut()) {
+        if let Ok(crate::model::Target::Sel(sel)) = r.cidr.parse::<crate::model::Target>() {
+            r.inactive = crate::model::Resolve::check(&*s.containers, &sel).is_err();
+        }
+    }
     let (forwards, redirects) = forward::policy::export(&cx.forward);
     Policy {
         version: POLICY_VERSION,
@@ -402,6 +427,7 @@ mod tests {
             cidr: "198.18.2.0/24".into(),
             dst: false,
             comment: None,
+            inactive: false,
         });
         p2.limits[0].pps = Some(6);
         p2.forwards.clear();

@@ -98,7 +98,8 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let t0 = Instant::now();
     let (mut dp, maps) = Dataplane::load(&cfg.pin_dir, cfg.capacity())?;
-    let (fw, rec) = Firewall::open(fw_store, Box::new(maps.firewall))?;
+    let registry = Registry::new(Arc::new(SysHost));
+    let (fw, rec) = Firewall::open_with(fw_store, Box::new(maps.firewall), registry.clone())?;
     let limiter = Limiter::open(limit_store, Box::new(maps.limits))?;
     let (forward, fwd_rec) = Forwarder::open(forward_store, Box::new(maps.forward))?;
     let mut capture: Box<dyn CaptureTables> = Box::new(maps.l7);
@@ -137,7 +138,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
     let hooks: SharedHooks = Arc::new(Mutex::new(dp));
-    let registry = Registry::new(Arc::new(SysHost));
     let rescan = Arc::new(tokio::sync::Notify::new());
     let watcher = Watcher::new(hooks.clone(), matcher)
         .notify(rescan.clone())
@@ -207,6 +207,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     });
     state.sync_conn_table();
     let forward_gc = tokio::spawn(forward_housekeeping(state.clone()));
+    sources.push(tokio::spawn(crate::control::resolve::follow(state.clone())));
     let mut decoder = Decoder::new(state.clone());
     decoder.l7 = Some(L7Stage::new(l7.clone(), l7_metrics));
     let reader = tokio::spawn(read_ring(ring, hub.clone(), decoder));

@@ -19,20 +19,33 @@
 //! possibly fresh) maps with the store, only adding or removing entries that
 //! differ, so adopting the maps of a running dataplane opens no gap, and puts
 //! what the store holds in force.
+//!
+//! A rule may match a selector of containers instead of a CIDR. The store
+//! keeps the selector; the kernel holds one host entry (`/32`, `/128`) per
+//! address it resolves to now, all counted on the rule's slot, recomputed
+//! by [`Firewall::resolve_all`] on every change of the containers. A CIDR
+//! rule with exactly such a host entry keeps it, and of two selector rules
+//! wanting one entry the older does. A selector that matches nothing
+//! leaves its rule inactive (no entry). The kernel entries are the memory
+//! of the last resolution: a restarted daemon adopts them as they are, so
+//! enforcement never waits for the runtime to answer.
 
 pub mod policy;
 pub mod rule;
 pub mod tables;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
-pub use rule::{Action, Direction, Rule, RuleError, RuleKey, RuleRequest, RuleSpec};
+pub use rule::{host_key, table_of, Action, Direction, Rule, RuleError, RuleKey, RuleRequest, RuleSpec};
 use sluice_abi::{Counter, FwRule, FwTable};
 pub use tables::FirewallTables;
 
 use crate::{
     dataplane::{DataplaneError, LpmKey},
-    model::{validate_comment, Cidr},
+    model::{selector::NoContainers, validate_comment, Cidr, Resolution, Resolve, Target},
     store::{FwRow, Store, StoreError},
     sys::time::unix_secs,
 };
@@ -55,11 +68,11 @@ pub enum FwError {
     Store(#[from] StoreError),
 }
 
-/// How a rule to delete is named.
+/// How a rule to delete is named: its id, or what it matches.
 #[derive(Clone, Debug)]
-pub enum Selector {
+pub enum Which {
     Id(i64),
-    Cidr { cidr: Cidr, dir: Direction },
+    Target { target: Target, dir: Direction },
 }
 
 /// What [`Firewall::open`] changed in the kernel to match the store.
@@ -83,11 +96,29 @@ pub struct Firewall {
     free_slots: Vec<u32>,
     /// The next import's generation (never 0, never one a kernel entry has).
     next_gen: u32,
+    /// Resolves selector rules (the container registry).
+    resolver: Arc<dyn Resolve>,
+    /// What each selector rule resolves to now.
+    resolved: HashMap<i64, Resolution>,
+    /// The host entries selector rules hold in the kernel, and whose.
+    sel_entries: HashMap<(FwTable, LpmKey), i64>,
 }
 
 impl Firewall {
-    /// Loads the rules and makes the kernel tables equal to them.
+    /// Loads the rules and makes the kernel tables equal to them, with no
+    /// containers to resolve selectors against.
     pub fn open(store: Store, tables: Box<dyn FirewallTables>) -> Result<(Self, Reconciled), FwError> {
+        Self::open_with(store, tables, Arc::new(NoContainers))
+    }
+
+    /// [`Firewall::open`] with selectors resolved by `resolver`. Selector
+    /// rules keep the entries the kernel holds for them until the first
+    /// [`Firewall::resolve_all`].
+    pub fn open_with(
+        store: Store,
+        tables: Box<dyn FirewallTables>,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<(Self, Reconciled), FwError> {
         let list = store
             .fw_rows()?
             .into_iter()
@@ -104,6 +135,9 @@ impl Firewall {
             next_slot: 0,
             free_slots: Vec::new(),
             next_gen: 1,
+            resolver,
+            resolved: HashMap::new(),
+            sel_entries: HashMap::new(),
         };
         let mut used = HashSet::new();
         for r in list {
@@ -117,8 +151,10 @@ impl Firewall {
     }
 
     fn index(&mut self, r: Rule) {
-        self.per_table[r.spec.table() as usize] += 1;
-        self.lens[r.spec.table() as usize][r.spec.cidr.net().prefix_len() as usize] += 1;
+        if let (Some((t, _)), Some(c)) = (r.spec.entry(), r.spec.net()) {
+            self.per_table[t as usize] += 1;
+            self.lens[t as usize][c.net().prefix_len() as usize] += 1;
+        }
         self.by_key.insert(r.spec.key(), r.id);
         self.by_slot.insert(r.slot, r.id);
         self.rules.insert(r.id, r);
@@ -126,8 +162,11 @@ impl Firewall {
 
     fn unindex(&mut self, id: i64) -> Option<Rule> {
         let r = self.rules.remove(&id)?;
-        self.per_table[r.spec.table() as usize] -= 1;
-        self.lens[r.spec.table() as usize][r.spec.cidr.net().prefix_len() as usize] -= 1;
+        if let (Some((t, _)), Some(c)) = (r.spec.entry(), r.spec.net()) {
+            self.per_table[t as usize] -= 1;
+            self.lens[t as usize][c.net().prefix_len() as usize] -= 1;
+        }
+        self.resolved.remove(&id);
         self.by_key.remove(&r.spec.key());
         self.by_slot.remove(&r.slot);
         self.free_slots.push(r.slot);
@@ -135,10 +174,11 @@ impl Firewall {
     }
 
     fn mask(&self) -> u32 {
+        let sel = self.sel_entries.keys().fold(0, |m, (t, _)| m | t.bit());
         FwTable::ALL
             .iter()
             .filter(|t| self.per_table[**t as usize] > 0)
-            .fold(0, |m, t| m | t.bit())
+            .fold(sel, |m, t| m | t.bit())
     }
 
     fn reconcile(&mut self) -> Result<Reconciled, FwError> {
@@ -147,8 +187,9 @@ impl Firewall {
             let desired: HashMap<LpmKey, u32> = self
                 .rules
                 .values()
-                .filter(|r| r.spec.table() == table)
-                .map(|r| (r.spec.lpm_key(), r.slot))
+                .filter_map(|r| Some((r.spec.entry()?, r.slot)))
+                .filter(|((t, _), _)| *t == table)
+                .map(|((_, k), slot)| (k, slot))
                 .collect();
             let existing = self.tables.entries(table)?;
             let mut present = HashSet::new();
@@ -157,7 +198,14 @@ impl Firewall {
                 if desired.get(&k) == Some(&v.slot) {
                     present.insert(k);
                     rec.kept += 1;
-                } else if !desired.contains_key(&k) {
+                } else if desired.contains_key(&k) {
+                    // Rewritten below with the right slot.
+                } else if let Some(id) = self.selector_entry(table, k, v.slot) {
+                    // A selector rule's last resolution: kept until the
+                    // containers are known again.
+                    self.sel_entries.insert((table, k), id);
+                    rec.kept += 1;
+                } else {
                     self.tables.remove(table, k)?;
                     rec.removed += 1;
                 }
@@ -177,11 +225,141 @@ impl Firewall {
         Ok(rec)
     }
 
+    /// The selector rule a kernel entry belongs to, if it is one of its
+    /// host entries: its slot, its table (action and direction) and a
+    /// host-length key.
+    fn selector_entry(&self, table: FwTable, k: LpmKey, slot: u32) -> Option<i64> {
+        let r = self.rule_by_slot(slot)?;
+        let host = match k {
+            LpmKey::V4(k) => k.prefixlen == 32,
+            LpmKey::V6(k) => k.prefixlen == 128,
+        };
+        let v6 = matches!(k, LpmKey::V6(_));
+        (r.spec.target.is_selector() && host && table_of(r.spec.action, r.spec.dir, v6) == table).then_some(r.id)
+    }
+
+    /// The CIDR rule whose entry is exactly this host entry, if any.
+    fn cidr_owner(&self, action: Action, dir: Direction, a: std::net::IpAddr) -> Option<i64> {
+        let key = RuleKey {
+            action,
+            dir,
+            target: Target::Cidr(Cidr::host(a)),
+        };
+        self.by_key.get(&key).copied()
+    }
+
+    /// Resolves every selector rule again and makes the kernel's host
+    /// entries equal to the result. Returns how many entries changed.
+    pub fn resolve_all(&mut self) -> Result<usize, FwError> {
+        let sel: Vec<(i64, crate::model::Selector)> = self
+            .rules
+            .values()
+            .filter_map(|r| Some((r.id, r.spec.target.selector()?.clone())))
+            .collect();
+        for (id, s) in sel {
+            let res = self.resolver.resolve(&s);
+            self.resolved.insert(id, res);
+        }
+        self.sync_selectors()
+    }
+
+    /// The entries selector rules want now: for each of their addresses,
+    /// in rule order, unless a CIDR rule (other than `except`, being
+    /// deleted) or an older selector has it.
+    fn wanted_selector_entries(&self, except: Option<i64>) -> HashMap<(FwTable, LpmKey), i64> {
+        let mut want = HashMap::new();
+        for r in self.rules.values().filter(|r| r.spec.target.is_selector()) {
+            let Some(res) = self.resolved.get(&r.id) else { continue };
+            for a in &res.addrs {
+                if self
+                    .cidr_owner(r.spec.action, r.spec.dir, *a)
+                    .is_some_and(|o| Some(o) != except)
+                {
+                    continue;
+                }
+                let t = table_of(r.spec.action, r.spec.dir, a.is_ipv6());
+                want.entry((t, host_key(*a))).or_insert(r.id);
+            }
+        }
+        want
+    }
+
+    /// Makes the kernel's selector entries equal to what the rules want:
+    /// new and changed entries first, stale ones after (a rule that keeps
+    /// an address never loses it in between).
+    fn sync_selectors(&mut self) -> Result<usize, FwError> {
+        let want = self.wanted_selector_entries(None);
+        let capacity = self.tables.capacity() as usize;
+        let mut used = self.per_table;
+        for (t, _) in self.sel_entries.keys() {
+            used[*t as usize] += 1;
+        }
+        let mut changed = 0;
+        let mut first_err = None;
+        let mut now = std::mem::take(&mut self.sel_entries);
+        for (&(t, k), &id) in &want {
+            if now.get(&(t, k)) == Some(&id) {
+                continue;
+            }
+            if !now.contains_key(&(t, k)) && used[t as usize] >= capacity {
+                tracing::warn!(table = ?t, "firewall table full: a container address of a selector rule is not in force (raise max_rules)");
+                continue;
+            }
+            let slot = self.rules[&id].slot;
+            match self.tables.insert(t, k, FwRule { slot, gen: 0 }) {
+                Ok(()) => {
+                    if now.insert((t, k), id).is_none() {
+                        used[t as usize] += 1;
+                    }
+                    changed += 1;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let stale: Vec<(FwTable, LpmKey)> = now.keys().filter(|tk| !want.contains_key(tk)).copied().collect();
+        for (t, k) in stale {
+            now.remove(&(t, k));
+            // A CIDR rule took this entry over: it stays, as that rule's.
+            let owned_by_cidr = self.rules.values().any(|r| r.spec.entry() == Some((t, k)));
+            if owned_by_cidr {
+                continue;
+            }
+            match self.tables.remove(t, k) {
+                Ok(()) => changed += 1,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        self.sel_entries = now;
+        self.tables.set_mask(self.mask())?;
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(changed),
+        }
+    }
+
+    /// What a selector rule resolves to now (None: not a selector rule, or
+    /// not resolved yet).
+    pub fn resolution(&self, id: i64) -> Option<&Resolution> {
+        self.resolved.get(&id)
+    }
+
+    /// The addresses a selector rule holds in the kernel now.
+    pub fn entries_of(&self, id: i64) -> usize {
+        self.sel_entries.values().filter(|r| **r == id).count()
+    }
+
     /// The slot + 1 of the rule that decides for `spec`'s addresses now: the
     /// longest shorter prefix of its table (0: none).
     fn parent_of(&self, spec: &RuleSpec) -> u32 {
-        let t = spec.table() as usize;
-        let len = spec.cidr.net().prefix_len();
+        let (Some((t, _)), Some(cidr)) = (spec.entry(), spec.net()) else {
+            return 0;
+        };
+        let t = t as usize;
+        let len = cidr.net().prefix_len();
         for l in (0..len).rev() {
             if self.lens[t][l as usize] == 0 {
                 continue;
@@ -189,7 +367,7 @@ impl Firewall {
             let key = RuleKey {
                 action: spec.action,
                 dir: spec.dir,
-                cidr: spec.cidr.truncate(l),
+                target: Target::Cidr(cidr.truncate(l)),
             };
             if let Some(id) = self.by_key.get(&key) {
                 return self.rules[id].slot + 1;
@@ -259,9 +437,21 @@ impl Firewall {
                     out.push(r.clone());
                     self.index(r);
                 }
+                // Selector rules are in the store: put their containers'
+                // addresses in the kernel now.
+                let mut resolve_err = Ok(());
+                if out.iter().any(|r| r.spec.target.is_selector()) {
+                    for r in out.iter().filter(|r| r.spec.target.is_selector()) {
+                        let s = r.spec.target.selector().expect("a selector rule");
+                        let res = self.resolver.resolve(s);
+                        self.resolved.insert(r.id, res);
+                    }
+                    resolve_err = self.sync_selectors().map(drop);
+                }
                 // Committed; only the last 4-byte store failed: the kernel
                 // keeps the import pending until the daemon starts again.
                 activated?;
+                resolve_err?;
                 Ok(out)
             }
             Err(e) => {
@@ -283,7 +473,8 @@ impl Firewall {
     ) -> Result<(Vec<i64>, Result<(), FwError>), FwError> {
         // One rule is in force with its single kernel write; more are an
         // import, pending until all of it is written and committed.
-        let gen = if specs.len() > 1 { self.next_gen } else { 0 };
+        let cidrs = specs.iter().filter(|s| s.entry().is_some()).count();
+        let gen = if cidrs > 1 { self.next_gen } else { 0 };
         let parents: Vec<u32> = match gen {
             0 => vec![0; specs.len()],
             _ => specs.iter().map(|s| self.parent_of(s)).collect(),
@@ -295,7 +486,7 @@ impl Firewall {
             ids.push(tx.insert_fw(
                 s.action.as_str(),
                 s.dir.as_str(),
-                &s.cidr.to_string(),
+                &s.target.to_string(),
                 *slot,
                 s.comment.as_deref(),
                 created,
@@ -308,8 +499,8 @@ impl Firewall {
                 tables.set_pending(gen)?;
             }
             for ((s, slot), parent) in specs.iter().zip(slots).zip(&parents) {
-                let (t, k) = (s.table(), s.lpm_key());
                 tables.reset_counter(*slot)?;
+                let Some((t, k)) = s.entry() else { continue };
                 if gen != 0 {
                     tables.set_parent(*slot, *parent)?;
                 }
@@ -353,30 +544,46 @@ impl Firewall {
     }
 
     /// Deletes one rule of `action`.
-    pub fn delete(&mut self, action: Action, sel: &Selector) -> Result<Rule, FwError> {
-        let id = match sel {
-            Selector::Id(id) => self.rules.get(id).filter(|r| r.spec.action == action).map(|r| r.id),
-            Selector::Cidr { cidr, dir } => self
+    pub fn delete(&mut self, action: Action, which: &Which) -> Result<Rule, FwError> {
+        let id = match which {
+            Which::Id(id) => self.rules.get(id).filter(|r| r.spec.action == action).map(|r| r.id),
+            Which::Target { target, dir } => self
                 .by_key
                 .get(&RuleKey {
                     action,
                     dir: *dir,
-                    cidr: *cidr,
+                    target: target.clone(),
                 })
                 .copied(),
         }
         .ok_or_else(|| FwError::NotFound {
             action: action.as_str(),
-            what: match sel {
-                Selector::Id(id) => format!("with id {id}"),
-                Selector::Cidr { cidr, dir } => format!("for {} {cidr}", dir.as_str()),
+            what: match which {
+                Which::Id(id) => format!("with id {id}"),
+                Which::Target { target, dir } => format!("for {} {target}", dir.as_str()),
             },
         })?;
         let rule = self.rules[&id].clone();
-        let (t, k) = (rule.spec.table(), rule.spec.lpm_key());
+        // A selector rule that wants this very host entry takes it over
+        // at once instead (same table: same verdict, no gap).
+        let heir = rule.spec.entry().and_then(|tk| {
+            self.wanted_selector_entries(Some(id))
+                .get(&tk)
+                .map(|h| self.rules[h].slot)
+        });
         let tx = self.store.begin()?;
         tx.delete_fw(id)?;
-        self.tables.remove(t, k)?;
+        let Some((t, k)) = rule.spec.entry() else {
+            // A selector rule: its host entries go with it.
+            tx.commit()?;
+            self.unindex(id);
+            self.sync_selectors()?;
+            return Ok(rule);
+        };
+        match heir {
+            Some(slot) => self.tables.insert(t, k, FwRule { slot, gen: 0 })?,
+            None => self.tables.remove(t, k)?,
+        }
         if let Err(e) = tx.commit() {
             let _ = self.tables.insert(
                 t,
@@ -389,6 +596,7 @@ impl Firewall {
             return Err(e.into());
         }
         self.unindex(id);
+        self.sync_selectors()?;
         self.tables.set_mask(self.mask())?;
         Ok(rule)
     }
@@ -402,7 +610,7 @@ impl Firewall {
         }
         let id = *self.by_key.get(key).ok_or_else(|| FwError::NotFound {
             action: key.action.as_str(),
-            what: format!("for {} {}", key.dir.as_str(), key.cidr),
+            what: format!("for {} {}", key.dir.as_str(), key.target),
         })?;
         let tx = self.store.begin()?;
         tx.set_fw_comment(id, comment.as_deref())?;
@@ -458,10 +666,10 @@ fn rule_of(row: FwRow) -> Result<Rule, StoreError> {
     let spec = RuleSpec {
         action: row.action.parse::<Action>().map_err(bad)?,
         dir: row.dir.parse::<Direction>().map_err(bad)?,
-        cidr: row
+        target: row
             .cidr
             .parse()
-            .map_err(|e: crate::model::CidrError| bad(e.to_string()))?,
+            .map_err(|e: crate::model::SelectorError| bad(e.to_string()))?,
         comment: row.comment,
     };
     let slot = u32::try_from(row.slot).map_err(|_| bad(format!("slot {} out of range", row.slot)))?;
@@ -501,7 +709,7 @@ mod tests {
         assert_ne!(r[0].slot, r[1].slot);
         assert_eq!(f.mask(), FwTable::DenySrc4.bit() | FwTable::AllowDst6.bit());
         assert_eq!(f.list(Action::Deny).unwrap().len(), 1);
-        f.delete(Action::Deny, &Selector::Id(r[0].id)).unwrap();
+        f.delete(Action::Deny, &Which::Id(r[0].id)).unwrap();
         assert_eq!(f.mask(), FwTable::AllowDst6.bit());
         // The freed slot is reused.
         let again = f.add(vec![spec(Action::Deny, "10.0.0.0/8", false)]).unwrap();
@@ -648,15 +856,15 @@ mod tests {
     fn delete_by_cidr_and_wrong_action() {
         let mut f = fw(10);
         let r = f.add(vec![spec(Action::Deny, "198.18.1.2/32", false)]).unwrap();
-        let e = f.delete(Action::Allow, &Selector::Id(r[0].id)).unwrap_err();
+        let e = f.delete(Action::Allow, &Which::Id(r[0].id)).unwrap_err();
         assert!(matches!(e, FwError::NotFound { .. }));
-        let sel = Selector::Cidr {
-            cidr: "198.18.1.2".parse().unwrap(),
+        let sel = Which::Target {
+            target: "198.18.1.2".parse().unwrap(),
             dir: Direction::Dst,
         };
         assert!(f.delete(Action::Deny, &sel).is_err());
-        let sel = Selector::Cidr {
-            cidr: "198.18.1.2".parse().unwrap(),
+        let sel = Which::Target {
+            target: "198.18.1.2".parse().unwrap(),
             dir: Direction::Src,
         };
         assert_eq!(f.delete(Action::Deny, &sel).unwrap().id, r[0].id);
@@ -709,5 +917,87 @@ mod tests {
         drop(t);
         let (again, _) = Firewall::open(Store::in_memory().unwrap(), Box::new(mem.clone())).unwrap();
         assert!(again.next_gen > max);
+    }
+
+    /// Resolves selectors from a table the test changes.
+    #[derive(Default)]
+    struct Table(std::sync::Mutex<HashMap<String, Vec<std::net::IpAddr>>>);
+
+    impl Resolve for Table {
+        fn resolve(&self, sel: &crate::model::Selector) -> Resolution {
+            let addrs = self.0.lock().unwrap().get(&sel.to_string()).cloned().unwrap_or_default();
+            Resolution {
+                containers: if addrs.is_empty() { vec![] } else { vec![sel.to_string()] },
+                addrs,
+                ifaces: vec![],
+            }
+        }
+        fn check(&self, _: &crate::model::Selector) -> Result<(), crate::model::LookupError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn selector_rules_follow_their_containers_and_yield_to_cidr_rules() {
+        use std::{net::IpAddr, sync::Mutex};
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let table = Arc::new(Table::default());
+        let set = |sel: &str, addrs: &[&str]| {
+            table.0.lock().unwrap().insert(sel.into(), addrs.iter().map(|a| ip(a)).collect());
+        };
+        set("container:web", &["172.17.0.2", "fd00::2"]);
+        let mem = Arc::new(Mutex::new(MemFirewallTables::new(100)));
+        let store = Store::in_memory().unwrap();
+        let (mut f, _) = Firewall::open_with(store, Box::new(mem.clone()), table.clone()).unwrap();
+        let web = f.add(vec![spec(Action::Deny, "container:web", false)]).unwrap()[0].clone();
+        let decide = |t: FwTable, a: &str| mem.lock().unwrap().decide(t, ip(a));
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.2"), Some(web.slot));
+        assert_eq!(decide(FwTable::DenySrc6, "fd00::2"), Some(web.slot));
+        assert_eq!(f.mask(), FwTable::DenySrc4.bit() | FwTable::DenySrc6.bit());
+        // web moves: the old address is free at once, the new one denied.
+        set("container:web", &["172.17.0.5"]);
+        f.resolve_all().unwrap();
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.2"), None);
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.5"), Some(web.slot));
+        assert_eq!(f.mask(), FwTable::DenySrc4.bit(), "no IPv6 entry left");
+        // A CIDR rule of exactly that host takes the entry; deleting it hands
+        // the entry back to the selector rule, with no moment unmatched.
+        let host = f.add(vec![spec(Action::Deny, "172.17.0.5", false)]).unwrap()[0].clone();
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.5"), Some(host.slot));
+        f.resolve_all().unwrap();
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.5"), Some(host.slot), "the CIDR rule keeps it");
+        f.delete(Action::Deny, &Which::Id(host.id)).unwrap();
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.5"), Some(web.slot));
+        // Two selectors want one address: the older rule has it; it passes
+        // to the newer one when the older goes.
+        set("label:app=web", &["172.17.0.5"]);
+        let label = f.add(vec![spec(Action::Deny, "label:app=web", false)]).unwrap()[0].clone();
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.5"), Some(web.slot));
+        f.delete(Action::Deny, &Which::Id(web.id)).unwrap();
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.5"), Some(label.slot));
+        // Nothing matches: inactive, no entry.
+        set("label:app=web", &[]);
+        f.resolve_all().unwrap();
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.5"), None);
+        assert_eq!(f.resolution(label.id).unwrap().addrs.len(), 0);
+        assert_eq!(f.mask(), 0);
+        // A new firewall on the same tables keeps a selector's entries as
+        // they are until it resolves (a restart opens no gap).
+        set("label:app=web", &["172.17.0.9"]);
+        f.resolve_all().unwrap();
+        let rows = f.store.fw_rows().unwrap();
+        let mut store2 = Store::in_memory().unwrap();
+        let tx = store2.begin().unwrap();
+        for r in &rows {
+            tx.insert_fw(&r.action, &r.dir, &r.cidr, r.slot as u32, None, 0).unwrap();
+        }
+        tx.commit().unwrap();
+        let empty = Arc::new(Table::default());
+        let (mut g, rec) = Firewall::open_with(store2, Box::new(mem.clone()), empty).unwrap();
+        assert_eq!((rec.kept, rec.removed), (1, 0), "{rec:?}");
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.9"), Some(label.slot));
+        // ... and follows the containers from its first resolve on.
+        g.resolve_all().unwrap();
+        assert_eq!(decide(FwTable::DenySrc4, "172.17.0.9"), None);
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{Action, Firewall, RuleKey, RuleRequest, RuleSpec, Selector};
+use super::{Action, Firewall, RuleKey, RuleRequest, RuleSpec, Which};
 use crate::model::plan::{Part, PolicyDiff, StepError};
 
 fn line(s: &RuleSpec) -> String {
@@ -92,8 +92,8 @@ pub fn export(fw: &Firewall) -> (Vec<RuleRequest>, Vec<RuleRequest>) {
 impl FirewallPlan {
     fn remove_stale(&mut self, fw: &mut Firewall) -> Result<(), StepError> {
         while let Some(spec) = self.stale.pop_front() {
-            let sel = Selector::Cidr {
-                cidr: spec.cidr,
+            let sel = Which::Target {
+                target: spec.target.clone(),
                 dir: spec.dir,
             };
             if let Err(e) = fw.delete(spec.action, &sel) {
@@ -112,7 +112,7 @@ impl<Cx: AsMut<Firewall>> Part<Cx> for FirewallPlan {
         for (key, new, old) in &self.comments {
             let spec = RuleSpec {
                 action: key.action,
-                cidr: key.cidr,
+                target: key.target.clone(),
                 dir: key.dir,
                 comment: new.clone(),
             };
@@ -163,8 +163,8 @@ impl<Cx: AsMut<Firewall>> Part<Cx> for FirewallPlan {
             Some(Done::Added(keys)) => {
                 let mut first = Ok(());
                 for k in keys {
-                    let sel = Selector::Cidr {
-                        cidr: k.cidr,
+                    let sel = Which::Target {
+                        target: k.target,
                         dir: k.dir,
                     };
                     if let Err(e) = fw.delete(k.action, &sel) {

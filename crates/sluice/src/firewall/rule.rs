@@ -1,20 +1,25 @@
 //! The firewall rule model: what a deny/allow rule is, how a request
-//! becomes one, and where it lives in the kernel's tables. Pure code.
+//! becomes one, and where it lives in the kernel's tables. A rule matches
+//! a CIDR, or a selector of containers (`container:NAME`,
+//! `label:KEY=VALUE`) whose current addresses the kernel holds as host
+//! entries. Pure code.
 
-use std::str::FromStr;
+use std::{net::IpAddr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 use sluice_abi::FwTable;
 
 use crate::{
     dataplane::LpmKey,
-    model::{normalize_comment, Cidr, CidrError, CommentError},
+    model::{normalize_comment, Cidr, CidrError, CommentError, SelectorError, Target},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
     #[error(transparent)]
     Cidr(#[from] CidrError),
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
     #[error(transparent)]
     Comment(#[from] CommentError),
 }
@@ -24,12 +29,18 @@ pub enum RuleError {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleRequest {
+    /// A CIDR, or a selector: `container:NAME` (name or id prefix) or
+    /// `label:KEY=VALUE`.
     pub cidr: String,
     /// Match the destination address instead of the source.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dst: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// Add a `container:` rule even though no such container exists yet
+    /// (it applies once the container is created).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inactive: bool,
 }
 
 /// Deny drops matching packets; allow passes them and wins over any deny.
@@ -92,62 +103,85 @@ impl FromStr for Direction {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSpec {
     pub action: Action,
-    pub cidr: Cidr,
+    pub target: Target,
     pub dir: Direction,
     pub comment: Option<String>,
 }
 
+/// The kernel table of rules of `action` and `dir` for one address family.
+pub fn table_of(action: Action, dir: Direction, v6: bool) -> FwTable {
+    FwTable::new(action == Action::Deny, dir == Direction::Dst, v6)
+}
+
+/// The host entry (`/32`, `/128`) of an address a selector resolved to.
+pub fn host_key(a: IpAddr) -> LpmKey {
+    LpmKey::from(ipnet::IpNet::from(a))
+}
+
 impl RuleSpec {
-    pub fn new(action: Action, cidr: &str, dst: bool, comment: Option<String>) -> Result<Self, RuleError> {
-        let cidr = cidr.parse()?;
+    /// Validates a request's parts: `target` is a CIDR or a selector.
+    pub fn new(action: Action, target: &str, dst: bool, comment: Option<String>) -> Result<Self, RuleError> {
+        let target = target.parse::<Target>().map_err(|e| match e {
+            SelectorError::Cidr(c) => RuleError::Cidr(c),
+            e => RuleError::Selector(e),
+        })?;
         let comment = normalize_comment(comment)?;
         Ok(RuleSpec {
             action,
-            cidr,
+            target,
             dir: if dst { Direction::Dst } else { Direction::Src },
             comment,
         })
     }
 
-    /// The kernel table this rule lives in.
-    pub fn table(&self) -> FwTable {
-        FwTable::new(
-            self.action == Action::Deny,
-            self.dir == Direction::Dst,
-            self.cidr.is_v6(),
-        )
+    /// A CIDR rule (tests, imports).
+    pub fn cidr(action: Action, cidr: Cidr, dir: Direction, comment: Option<String>) -> Self {
+        RuleSpec {
+            action,
+            target: Target::Cidr(cidr),
+            dir,
+            comment,
+        }
     }
 
-    /// The rule's key in its kernel table.
-    pub fn lpm_key(&self) -> LpmKey {
-        LpmKey::from(self.cidr.net())
+    /// The CIDR this rule matches (None for a selector rule).
+    pub fn net(&self) -> Option<Cidr> {
+        self.target.cidr()
+    }
+
+    /// The kernel table and key of a CIDR rule (None for a selector rule,
+    /// whose entries follow its containers).
+    pub fn entry(&self) -> Option<(FwTable, LpmKey)> {
+        let c = self.net()?;
+        Some((table_of(self.action, self.dir, c.is_v6()), LpmKey::from(c.net())))
     }
 
     /// The request that validates back to this spec (export).
     pub fn request(&self) -> RuleRequest {
         RuleRequest {
-            cidr: self.cidr.to_string(),
+            cidr: self.target.to_string(),
             dst: self.dir == Direction::Dst,
             comment: self.comment.clone(),
+            inactive: false,
         }
     }
 
-    /// The identity of a rule: one rule per (action, direction, CIDR).
+    /// The identity of a rule: one rule per (action, direction, target).
     pub fn key(&self) -> RuleKey {
         RuleKey {
             action: self.action,
             dir: self.dir,
-            cidr: self.cidr,
+            target: self.target.clone(),
         }
     }
 }
 
 /// What makes two rules the same rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleKey {
     pub action: Action,
     pub dir: Direction,
-    pub cidr: Cidr,
+    pub target: Target,
 }
 
 /// A stored rule: a spec plus its id, counter slot and creation time.
@@ -162,7 +196,7 @@ pub struct Rule {
 
 impl RuleKey {
     pub fn describe(&self) -> String {
-        format!("{} {} {}", self.action.as_str(), self.dir.as_str(), self.cidr)
+        format!("{} {} {}", self.action.as_str(), self.dir.as_str(), self.target)
     }
 }
 
@@ -193,18 +227,39 @@ mod tests {
     #[test]
     fn tables_keys_and_requests() {
         let r = RuleSpec::new(Action::Allow, "2001:2::/48", true, None).unwrap();
-        assert_eq!(r.table(), FwTable::AllowDst6);
+        assert_eq!(r.entry().unwrap().0, FwTable::AllowDst6);
         let r2 = r.request();
         assert_eq!(RuleSpec::new(Action::Allow, &r2.cidr, r2.dst, r2.comment).unwrap(), r);
         let r = RuleSpec::new(Action::Deny, "198.18.1.0/24", false, None).unwrap();
-        assert_eq!(r.table(), FwTable::DenySrc4);
         assert_eq!(
-            r.lpm_key(),
-            LpmKey::V4(sluice_abi::LpmV4Key {
-                prefixlen: 24,
-                addr: [198, 18, 1, 0]
-            })
+            r.entry().unwrap(),
+            (
+                FwTable::DenySrc4,
+                LpmKey::V4(sluice_abi::LpmV4Key {
+                    prefixlen: 24,
+                    addr: [198, 18, 1, 0]
+                })
+            )
         );
         assert_eq!(r.key().describe(), "deny src 198.18.1.0/24");
+        let s = RuleSpec::new(Action::Deny, "container:web", true, None).unwrap();
+        assert!(s.entry().is_none());
+        assert_eq!(s.key().describe(), "deny dst container:web");
+        assert_eq!(s.request().cidr, "container:web");
+        assert!(matches!(
+            RuleSpec::new(Action::Deny, "container:-x", false, None),
+            Err(RuleError::Selector(_))
+        ));
+        assert!(matches!(
+            RuleSpec::new(Action::Deny, "10.0.0.0/33", false, None),
+            Err(RuleError::Cidr(_))
+        ));
+        assert_eq!(
+            host_key("198.18.1.2".parse().unwrap()),
+            LpmKey::V4(sluice_abi::LpmV4Key {
+                prefixlen: 32,
+                addr: [198, 18, 1, 2]
+            })
+        );
     }
 }

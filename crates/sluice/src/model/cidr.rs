@@ -47,6 +47,11 @@ impl Cidr {
         Cidr(IpNet::new(self.0.network(), len).expect("a shorter prefix").trunc())
     }
 
+    /// The host network of one address (`/32`, `/128`).
+    pub fn host(addr: IpAddr) -> Cidr {
+        Cidr(IpNet::from(addr))
+    }
+
     /// True if `addr` falls inside this network.
     pub fn contains(&self, addr: IpAddr) -> bool {
         self.0.contains(&addr)

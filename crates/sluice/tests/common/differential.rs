@@ -22,7 +22,7 @@ use std::{collections::BTreeMap, path::Path, time::Instant};
 use aya::programs::{TestRun, TestRunOptions};
 use sluice::{
     dataplane::{Capacity, Dataplane},
-    firewall::{Action, Firewall, RuleSpec, Selector},
+    firewall::{Action, Firewall, RuleSpec, Which},
     limits::{LimitRequest, Limiter},
     store::Store,
 };
@@ -118,7 +118,7 @@ impl Loaded {
     fn install(&mut self, set: &Rules) -> Vec<u32> {
         for action in [Action::Deny, Action::Allow] {
             for (r, _) in self.fw.list(action).unwrap() {
-                self.fw.delete(action, &Selector::Id(r.id)).unwrap();
+                self.fw.delete(action, &Which::Id(r.id)).unwrap();
             }
         }
         for l in self.limits.rules().map(|l| l.id).collect::<Vec<_>>() {
